@@ -1,0 +1,265 @@
+"""Ingest: make a received object durable, then index it; idempotent by SOP Instance UID.
+
+Order matters for the archive's promise: the original bytes are fsync'd to the blob store
+before the index row is committed, and success is reported only after both. A crash in
+between leaves an unindexed blob (harmless, found by a scrub), never an index row without bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from cloud.blobstore import BlobStore
+from cloud.dataset import ParsedInstance, parse_part10
+from cloud.errors import BackendUnavailableError, DuplicateInstanceError, SOPClassMismatchError
+from cloud.models import IngestConflict, Instance, Patient, Series, Study
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StoreOutcome:
+    """What happened to one received object."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    already_stored: bool
+
+
+def blob_key_for(sha256: str) -> str:
+    """Content-addressed key: a client can never choose or collide with a path."""
+    return f"objects/{sha256[:2]}/{sha256[2:4]}/{sha256}.dcm"
+
+
+class _PkCache:
+    """Study/series UID -> primary key, so a series of 300 slices does 2 lookups, not 600."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self._items: OrderedDict[tuple[str, str], int] = OrderedDict()
+        self._lock = threading.Lock()
+        self._size = size
+
+    def get(self, kind: str, uid: str) -> int | None:
+        with self._lock:
+            pk = self._items.get((kind, uid))
+            if pk is not None:
+                self._items.move_to_end((kind, uid))
+            return pk
+
+    def put(self, kind: str, uid: str, pk: int) -> None:
+        with self._lock:
+            self._items[(kind, uid)] = pk
+            if len(self._items) > self._size:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+class Ingestor:
+    """Stores Part-10 objects into a blob store and the index."""
+
+    def __init__(self, sessions: sessionmaker[Session], blobs: BlobStore) -> None:
+        self._sessions = sessions
+        self._blobs = blobs
+        self._pks = _PkCache()
+
+    def store(
+        self,
+        data: bytes,
+        *,
+        source: str,
+        expected_sop_class_uid: str | None = None,
+        expected_study_instance_uid: str | None = None,
+    ) -> StoreOutcome:
+        """Validate, persist and index one Part-10 object; raise an `ArchiveError` to refuse."""
+        _, parsed = parse_part10(data)
+        if expected_sop_class_uid and parsed.sop_class_uid != expected_sop_class_uid:
+            raise SOPClassMismatchError(
+                f"SOPClassUID {parsed.sop_class_uid} differs from the request's "
+                f"{expected_sop_class_uid}"
+            )
+        if expected_study_instance_uid and parsed.study_instance_uid != expected_study_instance_uid:
+            raise SOPClassMismatchError(
+                f"StudyInstanceUID {parsed.study_instance_uid} is not the study posted to "
+                f"({expected_study_instance_uid})"
+            )
+        sha256 = hashlib.sha256(data).hexdigest()
+        try:
+            return self._store_parsed(data, parsed, sha256, source)
+        except OperationalError as exc:
+            self._pks.clear()
+            raise BackendUnavailableError(f"index database error: {exc.orig}") from exc
+
+    def _store_parsed(
+        self, data: bytes, parsed: ParsedInstance, sha256: str, source: str
+    ) -> StoreOutcome:
+        with self._sessions() as session:
+            known = self._known_sha(session, parsed.sop_instance_uid)
+            if known is None:
+                key = blob_key_for(sha256)
+                self._blobs.put(key, data)
+                if self._insert(session, parsed, key, len(data), sha256, source):
+                    session.commit()
+                    return _outcome(parsed, already_stored=False)
+                session.rollback()  # another association won the race for this UID
+                known = self._known_sha(session, parsed.sop_instance_uid)
+            if known == sha256:
+                return _outcome(parsed, already_stored=True)
+            self._record_conflict(session, parsed, str(known), sha256, data, source)
+        raise DuplicateInstanceError(
+            f"SOP Instance {parsed.sop_instance_uid} is already stored with different content "
+            f"(stored sha256 {known}, received {sha256}); the stored object was kept"
+        )
+
+    @staticmethod
+    def _known_sha(session: Session, sop_instance_uid: str) -> str | None:
+        return session.scalar(
+            select(Instance.sha256).where(Instance.sop_instance_uid == sop_instance_uid)
+        )
+
+    def _insert(
+        self,
+        session: Session,
+        parsed: ParsedInstance,
+        key: str,
+        size: int,
+        sha256: str,
+        source: str,
+    ) -> bool:
+        now = datetime.now(UTC)
+        series_pk = self._pks.get("series", parsed.series_instance_uid)
+        if series_pk is None:
+            study_pk = self._study_pk(session, parsed, now)
+            series_pk = _get_or_create(
+                session,
+                Series.__table__,
+                {"series_instance_uid": parsed.series_instance_uid},
+                {"study_pk": study_pk, "created_at": now, **parsed.series},
+            )
+        inserted = _insert_ignore(
+            session,
+            Instance.__table__,
+            {
+                "sop_instance_uid": parsed.sop_instance_uid,
+                "series_pk": series_pk,
+                "blob_key": key,
+                "size_bytes": size,
+                "sha256": sha256,
+                "source": source[:128],
+                "received_at": now,
+                **parsed.instance,
+            },
+        )
+        if inserted:
+            self._pks.put("series", parsed.series_instance_uid, series_pk)
+        return inserted
+
+    def _study_pk(self, session: Session, parsed: ParsedInstance, now: datetime) -> int:
+        study_pk = self._pks.get("study", parsed.study_instance_uid)
+        if study_pk is not None:
+            return study_pk
+        patient = parsed.patient
+        alphabetic, ideographic, phonetic = patient.name_groups
+        patient_pk = _get_or_create(
+            session,
+            Patient.__table__,
+            {
+                "patient_id": patient.patient_id,
+                "issuer_of_patient_id": patient.issuer_of_patient_id,
+            },
+            {
+                "patient_name": patient.patient_name,
+                "patient_name_alphabetic": alphabetic,
+                "patient_name_ideographic": ideographic,
+                "patient_name_phonetic": phonetic,
+                "patient_birth_date": patient.patient_birth_date,
+                "patient_sex": patient.patient_sex,
+            },
+        )
+        study_pk = _get_or_create(
+            session,
+            Study.__table__,
+            {"study_instance_uid": parsed.study_instance_uid},
+            {"patient_pk": patient_pk, "created_at": now, **parsed.study},
+        )
+        self._pks.put("study", parsed.study_instance_uid, study_pk)
+        return study_pk
+
+    def _record_conflict(
+        self,
+        session: Session,
+        parsed: ParsedInstance,
+        stored_sha: str,
+        received_sha: str,
+        data: bytes,
+        source: str,
+    ) -> None:
+        key = f"conflicts/{received_sha[:2]}/{received_sha}.dcm"
+        self._blobs.put(key, data)
+        session.add(
+            IngestConflict(
+                sop_instance_uid=parsed.sop_instance_uid,
+                stored_sha256=stored_sha,
+                received_sha256=received_sha,
+                received_blob_key=key,
+                source=source[:128],
+                received_at=datetime.now(UTC),
+            )
+        )
+        session.commit()
+        logger.warning(
+            "conflict: different object received under a stored SOP Instance UID",
+            extra={"sop_instance_uid": parsed.sop_instance_uid, "source": source},
+        )
+
+    def forget_cached_keys(self) -> None:
+        """Drop cached primary keys (after deletions)."""
+        self._pks.clear()
+
+
+def _outcome(parsed: ParsedInstance, *, already_stored: bool) -> StoreOutcome:
+    return StoreOutcome(
+        sop_class_uid=parsed.sop_class_uid,
+        sop_instance_uid=parsed.sop_instance_uid,
+        study_instance_uid=parsed.study_instance_uid,
+        series_instance_uid=parsed.series_instance_uid,
+        already_stored=already_stored,
+    )
+
+
+def _insert_ignore(session: Session, table: Any, values: dict[str, Any]) -> bool:
+    """INSERT that does nothing on a unique conflict; True if a row was written."""
+    dialect = session.get_bind().dialect.name
+    module: Any = postgresql if dialect == "postgresql" else sqlite
+    statement = module.insert(table).values(**values).on_conflict_do_nothing()
+    result = cast(CursorResult[Any], session.execute(statement))
+    return bool(result.rowcount)
+
+
+def _get_or_create(
+    session: Session, table: Any, unique: dict[str, Any], values: dict[str, Any]
+) -> int:
+    """Primary key of the row matching ``unique``, inserting it with ``values`` if absent."""
+    condition = [table.c[name] == value for name, value in unique.items()]
+    pk = session.scalar(select(table.c.pk).where(*condition))
+    if pk is None:
+        _insert_ignore(session, table, {**unique, **values})
+        pk = session.scalar(select(table.c.pk).where(*condition))
+    if pk is None:
+        raise BackendUnavailableError(f"row {unique} vanished while being created")
+    return int(pk)

@@ -1,0 +1,1 @@
+"""Composition root of imaging-cloud: the `imaging-cloud` command wires the packages together."""

@@ -1,0 +1,114 @@
+"""The `imaging-cloud` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from cloud.errors import ArchiveError
+from imaging_cloud.settings import Settings, load_settings
+
+
+def _add_node_options(parser: argparse.ArgumentParser) -> None:
+    # Defaults live in config/defaults.toml; None here means "not given on the command line".
+    parser.add_argument("--data-dir", type=Path, help="where blobs and the SQLite index live")
+    parser.add_argument("--http-host", help="HTTP bind address (default 127.0.0.1)")
+    parser.add_argument("--http-port", type=int, help="HTTP port (default 8080)")
+    parser.add_argument("--dicom-host", help="DICOM bind address (default 127.0.0.1)")
+    parser.add_argument("--dicom-port", type=int, help="DICOM port (default 11112)")
+    parser.add_argument("--ae-title", help="our AE title (default IMAGINGCLOUD)")
+    parser.add_argument("--database-url", help="index URL; default SQLite in the data dir")
+    parser.add_argument("--blob-url", help="blob store URL; default file:// in the data dir")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(
+        data_dir=args.data_dir,
+        http_host=args.http_host,
+        http_port=args.http_port,
+        dicom_host=args.dicom_host,
+        dicom_port=args.dicom_port,
+        ae_title=args.ae_title,
+        database_url=args.database_url,
+        blob_url=args.blob_url,
+    )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from imaging_cloud.node import Node
+
+    node = Node(_settings(args))
+    for name, url in node.urls().items():
+        print(f"{name:9} {url}", flush=True)
+    node.run()
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from imaging_cloud.demo import load_demo_data
+    from imaging_cloud.node import Node
+
+    node = Node(_settings(args))
+    node.scp.start()
+    server = node.http_server()
+    thread = threading.Thread(target=server.run, name="http", daemon=True)
+    thread.start()
+    try:
+        studies = load_demo_data(node.archive, samples=args.samples)
+        urls = node.urls()
+        print("\nimaging-cloud demo is running (Ctrl-C to stop)")
+        for name, url in urls.items():
+            print(f"  {name:9} {url}")
+        print("\nStudies loaded:")
+        for uid, label in studies:
+            print(f"  {label}: {urls['dicomweb']}/studies/{uid}/series")
+        port = node.scp.port
+        print(f"\nTry:\n  echoscu -aec {node.settings.ae_title} 127.0.0.1 {port}")
+        print(f"  curl '{urls['dicomweb']}/studies?PatientName=*'", flush=True)
+        thread.join()
+    except KeyboardInterrupt:
+        server.should_exit = True
+        thread.join(timeout=10)
+    finally:
+        node.close()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="imaging-cloud", description=__doc__)
+    parser.add_argument("--log-level", default=os.environ.get("IMAGING_CLOUD_LOG_LEVEL", "INFO"))
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run an all-in-one node (DICOM SCP + DICOMweb)")
+    _add_node_options(serve)
+    serve.set_defaults(handler=_serve)
+    demo = commands.add_parser("demo", help="run a node with sample studies loaded")
+    _add_node_options(demo)
+    demo.add_argument("--samples", type=Path, help="folder of real DICOM samples to load too")
+    demo.set_defaults(handler=_demo)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    try:
+        return int(args.handler(args))
+    except ValidationError as exc:
+        print(f"imaging-cloud: invalid settings:\n{exc}", file=sys.stderr)
+        return 2
+    except ArchiveError as exc:
+        print(f"imaging-cloud: {exc.title}: {exc.detail}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"imaging-cloud: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

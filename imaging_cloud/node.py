@@ -1,0 +1,91 @@
+"""An all-in-one node: the archive, its C-STORE SCP and its HTTP API in one process."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import uvicorn
+
+from cloud.archive import Archive
+from cloud.errors import ArchiveError
+from collectors.storage_scp import ReceivedObject, Sink, SinkResult, StorageSCP
+from imaging_cloud.settings import Settings
+from viewer_api.app import create_app
+from viewer_api.deps import ApiSettings
+
+logger = logging.getLogger(__name__)
+
+
+def archive_sink(archive: Archive) -> Sink:
+    """Connect the SCP to ingest: each received object is stored, refusals become statuses."""
+
+    def sink(received: ReceivedObject) -> SinkResult:
+        source = f"dimse:{received.calling_ae_title}@{received.peer_address}"
+        try:
+            archive.store(
+                received.part10, source=source, expected_sop_class_uid=received.sop_class_uid
+            )
+        except ArchiveError as exc:
+            logger.info("C-STORE refused with 0x%04X: %s", exc.dimse_status, exc.detail)
+            return SinkResult(exc.dimse_status, exc.detail)
+        return SinkResult(0x0000)
+
+    return sink
+
+
+@dataclass
+class Node:
+    """Holds the running parts so `serve`, the demo and tests start and stop them alike."""
+
+    settings: Settings
+    archive: Archive = field(init=False)
+    scp: StorageSCP = field(init=False)
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        self.archive = Archive.open(s.data_dir, s.database_url, s.blob_url)
+        self.scp = StorageSCP(
+            archive_sink(self.archive),
+            ae_title=s.ae_title,
+            host=s.dicom_host,
+            port=s.dicom_port,
+            max_pdu_size=s.max_pdu_size,
+        )
+        self.app = create_app(
+            self.archive,
+            ApiSettings(max_stow_bytes=s.max_stow_bytes),
+            health_checks={"dicom": self.scp.ready.is_set},
+        )
+
+    def http_server(self) -> uvicorn.Server:
+        config = uvicorn.Config(
+            self.app,
+            host=self.settings.http_host,
+            port=self.settings.http_port,
+            log_level="warning",
+            access_log=False,
+            proxy_headers=True,
+        )
+        return uvicorn.Server(config)
+
+    def urls(self) -> dict[str, str]:
+        http = f"http://{self.settings.http_host}:{self.settings.http_port}"
+        return {
+            "health": f"{http}/healthz",
+            "dicomweb": f"{http}/dicom-web",
+            "api_docs": f"{http}/docs",
+            "dicom": f"{self.settings.ae_title}@{self.settings.dicom_host}:{self.scp.port}",
+        }
+
+    def run(self) -> None:
+        """Serve until interrupted (SIGINT/SIGTERM), then stop cleanly."""
+        self.scp.start()
+        try:
+            self.http_server().run()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self.scp.stop()
+        self.archive.close()

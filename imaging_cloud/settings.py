@@ -1,0 +1,57 @@
+"""One settings object for a node: defaults from config/defaults.toml, env IMAGING_CLOUD_*."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEFAULTS_FILE = Path(__file__).resolve().parents[1] / "config" / "defaults.toml"
+
+
+class Settings(BaseSettings):
+    """Settings of an all-in-one node. Never built at import time; tests pass their own."""
+
+    model_config = SettingsConfigDict(env_prefix="IMAGING_CLOUD_", extra="ignore")
+
+    data_dir: Path
+    http_host: str
+    http_port: int = Field(ge=0, le=65535)
+    dicom_host: str
+    dicom_port: int = Field(ge=0, le=65535)
+    ae_title: str = Field(min_length=1, max_length=16, pattern=r"^[ -~]*[!-~][ -~]*$")
+    max_pdu_size: int = Field(ge=0)
+    database_url: str
+    blob_url: str
+    max_stow_bytes: int = Field(gt=0)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,  # noqa: ARG003 (pydantic-settings hook signature)
+        file_secret_settings: PydanticBaseSettingsSource,  # noqa: ARG003
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Precedence: explicit arguments (CLI), environment, an operator's TOML, our defaults.
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        operator_file = os.environ.get("IMAGING_CLOUD_CONFIG")
+        if operator_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, Path(operator_file)))
+        sources.append(TomlConfigSettingsSource(settings_cls, DEFAULTS_FILE))
+        return tuple(sources)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings with ``overrides`` (None values mean 'not given') on top of env and defaults."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return Settings(**given)

@@ -1,0 +1,58 @@
+"""The HTTP application: DICOMweb under /dicom-web, health, and problem+json errors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fastapi import FastAPI, Response
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from cloud.archive import Archive
+from viewer_api import qido, stow, wado
+from viewer_api.deps import ApiSettings
+from viewer_api.problems import install_problem_handlers
+
+HealthCheck = Callable[[], bool]
+
+
+def create_app(
+    archive: Archive,
+    settings: ApiSettings | None = None,
+    *,
+    health_checks: dict[str, HealthCheck] | None = None,
+) -> FastAPI:
+    """Build the API around an open archive; ``health_checks`` name the other parts to watch."""
+    app = FastAPI(
+        title="imaging-cloud",
+        summary="Regional imaging cloud: DICOMweb archive",
+        version="0.1.0",
+    )
+    app.state.archive = archive
+    app.state.api_settings = settings or ApiSettings()
+    checks = {"index": lambda: _index_ok(archive), **(health_checks or {})}
+    install_problem_handlers(app)
+    for router in (qido.router, wado.router, stow.router):
+        app.include_router(router, prefix="/dicom-web")
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> Response:
+        results = {name: _safe(check) for name, check in checks.items()}
+        status = 200 if all(results.values()) else 503
+        body = {"status": "ok" if status == 200 else "degraded", "checks": results}
+        return JSONResponse(body, status_code=status)
+
+    return app
+
+
+def _safe(check: HealthCheck) -> bool:
+    try:
+        return check()
+    except Exception:
+        return False
+
+
+def _index_ok(archive: Archive) -> bool:
+    with archive.engine.connect() as connection:
+        connection.execute(text("SELECT 1"))
+    return True

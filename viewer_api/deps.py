@@ -1,0 +1,37 @@
+"""Dependencies declared once: the archive and the API settings the routes share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from cloud.archive import Archive
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """What the HTTP layer needs to know beyond the archive."""
+
+    max_stow_bytes: int = 2 * 1024**3
+    max_query_results: int = 10_000
+
+
+def get_archive(request: Request) -> Archive:
+    archive: Archive = request.app.state.archive
+    return archive
+
+
+def get_settings(request: Request) -> ApiSettings:
+    settings: ApiSettings = request.app.state.api_settings
+    return settings
+
+
+ArchiveDep = Annotated[Archive, Depends(get_archive)]
+SettingsDep = Annotated[ApiSettings, Depends(get_settings)]
+
+
+def dicomweb_base(request: Request) -> str:
+    """Absolute URL of the DICOMweb root as the client reached it."""
+    return str(request.base_url).rstrip("/") + "/dicom-web"

@@ -1,0 +1,92 @@
+"""Transfer syntax negotiation for WADO-RS and the one transcoding we do: to Explicit VR LE."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+from pydicom import dcmread
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+from cloud.errors import ArchiveError
+from viewer_api.multipart import MediaRange
+
+# Compressed frame media types (PS3.18 Table 8.7.3-2) and the transfer syntaxes behind them.
+FRAME_MEDIA_TYPES: dict[str, set[str]] = {
+    "image/jpeg": {
+        "1.2.840.10008.1.2.4.50",
+        "1.2.840.10008.1.2.4.51",
+        "1.2.840.10008.1.2.4.57",
+        "1.2.840.10008.1.2.4.70",
+    },
+    "image/jls": {"1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"},
+    "image/jp2": {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"},
+    "image/jphc": {
+        "1.2.840.10008.1.2.4.201",
+        "1.2.840.10008.1.2.4.202",
+        "1.2.840.10008.1.2.4.203",
+    },
+    "image/dicom-rle": {"1.2.840.10008.1.2.5"},
+    "video/mpeg": {"1.2.840.10008.1.2.4.100", "1.2.840.10008.1.2.4.101"},
+    "video/mp4": {
+        "1.2.840.10008.1.2.4.102",
+        "1.2.840.10008.1.2.4.103",
+        "1.2.840.10008.1.2.4.104",
+        "1.2.840.10008.1.2.4.105",
+        "1.2.840.10008.1.2.4.106",
+    },
+    "video/h265": {"1.2.840.10008.1.2.4.107", "1.2.840.10008.1.2.4.108"},
+}
+
+
+class TranscodeError(ArchiveError):
+    """The stored object cannot be delivered in any transfer syntax the client accepts."""
+
+    http_status = 406
+    title = "Not acceptable"
+
+
+def choose_dicom_syntax(accepted: list[MediaRange], stored: str) -> str:
+    """Transfer syntax to send an application/dicom object in: the stored one if allowed."""
+    wanted: list[str] = []
+    for entry in accepted:
+        if entry.media_type not in ("multipart/related", "application/dicom", "*/*"):
+            continue
+        if entry.media_type == "multipart/related" and entry.part_type not in (
+            None,
+            "application/dicom",
+        ):
+            continue
+        # PS3.18 8.7.3.5.2: without a transfer-syntax parameter the default is Explicit VR LE.
+        wanted.append(entry.transfer_syntax or ExplicitVRLittleEndian)
+    if not wanted:
+        raise TranscodeError("this resource is available as multipart/related application/dicom")
+    if "*" in wanted or stored in wanted:
+        return stored
+    if ExplicitVRLittleEndian in wanted:
+        return ExplicitVRLittleEndian
+    raise TranscodeError(
+        f"stored as {stored}; can deliver it as stored or as {ExplicitVRLittleEndian}"
+    )
+
+
+def to_explicit_little_endian(part10: bytes) -> bytes:
+    """Re-encode a Part-10 object as Explicit VR Little Endian, decompressing its pixels."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            ds = dcmread(io.BytesIO(part10))
+            if ds.file_meta.TransferSyntaxUID.is_compressed:
+                ds.decompress()
+            elif ds.file_meta.TransferSyntaxUID not in (ImplicitVRLittleEndian,):
+                ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+                if "PixelData" in ds and ds.original_encoding[1] is False:
+                    raise TranscodeError("big-endian pixel data is served as stored only")
+            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            out = io.BytesIO()
+            ds.save_as(out, enforce_file_format=True)
+        except TranscodeError:
+            raise
+        except Exception as exc:
+            raise TranscodeError(f"cannot transcode to Explicit VR Little Endian: {exc}") from exc
+    return out.getvalue()
