@@ -13,9 +13,9 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import CursorResult, select
+from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -108,19 +108,19 @@ class Ingestor:
     def _store_parsed(
         self, data: bytes, parsed: ParsedInstance, sha256: str, source: str
     ) -> StoreOutcome:
+        key = blob_key_for(sha256)
+        # Write first, ask later: the key is content-addressed, so writing bytes that turn out
+        # to be a duplicate or a conflict harms nothing, and the common case saves a query.
+        self._blobs.put(key, data)
         with self._sessions() as session:
+            if self._insert(session, parsed, key, len(data), sha256, source):
+                session.commit()
+                return _outcome(parsed, already_stored=False)
+            session.rollback()
             known = self._known_sha(session, parsed.sop_instance_uid)
-            if known is None:
-                key = blob_key_for(sha256)
-                self._blobs.put(key, data)
-                if self._insert(session, parsed, key, len(data), sha256, source):
-                    session.commit()
-                    return _outcome(parsed, already_stored=False)
-                session.rollback()  # another association won the race for this UID
-                known = self._known_sha(session, parsed.sop_instance_uid)
             if known == sha256:
                 return _outcome(parsed, already_stored=True)
-            self._record_conflict(session, parsed, str(known), sha256, data, source)
+            self._record_conflict(session, parsed, str(known), sha256, key, source)
         raise DuplicateInstanceError(
             f"SOP Instance {parsed.sop_instance_uid} is already stored with different content "
             f"(stored sha256 {known}, received {sha256}); the stored object was kept"
@@ -165,9 +165,10 @@ class Ingestor:
                 **parsed.instance,
             },
         )
-        if inserted:
-            self._pks.put("series", parsed.series_instance_uid, series_pk)
-        return inserted
+        if inserted is None:
+            return False
+        self._pks.put("series", parsed.series_instance_uid, series_pk)
+        return True
 
     def _study_pk(self, session: Session, parsed: ParsedInstance, now: datetime) -> int:
         study_pk = self._pks.get("study", parsed.study_instance_uid)
@@ -206,11 +207,9 @@ class Ingestor:
         parsed: ParsedInstance,
         stored_sha: str,
         received_sha: str,
-        data: bytes,
+        key: str,
         source: str,
     ) -> None:
-        key = f"conflicts/{received_sha[:2]}/{received_sha}.dcm"
-        self._blobs.put(key, data)
         session.add(
             IngestConflict(
                 sop_instance_uid=parsed.sop_instance_uid,
@@ -242,13 +241,14 @@ def _outcome(parsed: ParsedInstance, *, already_stored: bool) -> StoreOutcome:
     )
 
 
-def _insert_ignore(session: Session, table: Any, values: dict[str, Any]) -> bool:
-    """INSERT that does nothing on a unique conflict; True if a row was written."""
+def _insert_ignore(session: Session, table: Any, values: dict[str, Any]) -> int | None:
+    """INSERT that does nothing on a unique conflict; the new row's pk, or None if none."""
     dialect = session.get_bind().dialect.name
     module: Any = postgresql if dialect == "postgresql" else sqlite
     statement = module.insert(table).values(**values).on_conflict_do_nothing()
-    result = cast(CursorResult[Any], session.execute(statement))
-    return bool(result.rowcount)
+    # RETURNING, not rowcount: psycopg reports -1 for INSERT .. ON CONFLICT DO NOTHING.
+    pk = session.execute(statement.returning(table.c.pk)).scalar()
+    return None if pk is None else int(pk)
 
 
 def _get_or_create(
@@ -258,7 +258,8 @@ def _get_or_create(
     condition = [table.c[name] == value for name, value in unique.items()]
     pk = session.scalar(select(table.c.pk).where(*condition))
     if pk is None:
-        _insert_ignore(session, table, {**unique, **values})
+        pk = _insert_ignore(session, table, {**unique, **values})
+    if pk is None:  # a concurrent association created it between our two statements
         pk = session.scalar(select(table.c.pk).where(*condition))
     if pk is None:
         raise BackendUnavailableError(f"row {unique} vanished while being created")
