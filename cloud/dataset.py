@@ -15,7 +15,6 @@ from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 from pydicom.valuerep import PersonName
 
 from cloud.errors import InvalidDatasetError, SOPClassMismatchError
@@ -59,8 +58,31 @@ def check_uid(value: object, keyword: str) -> str:
     return text
 
 
+# ISO 2022 designations (ESC, intermediates 0x20-0x2F, final 0x30-0x7E). pydicom 3.0 leaves
+# some in decoded text (e.g. ESC $ ) A of GB2312); they are encoding, never content.
+_ISO2022_ESCAPE = re.compile("\x1b[\x20-\x2f]+[\x30-\x7e]")
+
+
+def clean_text(text: str) -> str:
+    """Decoded text without leftover ISO 2022 escape sequences."""
+    return _ISO2022_ESCAPE.sub("", text) if "\x1b" in text else text
+
+
+def with_part10_header(data: bytes) -> bytes:
+    """Add the preamble and DICM prefix to File Meta sent without them (some STOW clients)."""
+    vr = data[4:6]
+    if data[128:132] != b"DICM" and data[:2] == b"\x02\x00" and vr.isalpha() and vr.isupper():
+        return b"\0" * 128 + b"DICM" + data
+    return data
+
+
 def parse_part10(data: bytes) -> tuple[Dataset, ParsedInstance]:
-    """Parse a Part-10 file and validate it for archiving."""
+    """Parse a Part-10 file and validate it for archiving.
+
+    This is the boundary where untrusted bytes meet the parser: any exception pydicom raises
+    while reading or converting values (zlib, struct, recursion, unknown VRs...) is a refusal
+    of the object, never a crash of the request.
+    """
     if len(data) < 132 or data[128:132] != b"DICM":
         raise InvalidDatasetError("not a DICOM Part-10 file: no 128-byte preamble followed by DICM")
     stream = io.BytesIO(data)
@@ -68,13 +90,16 @@ def parse_part10(data: bytes) -> tuple[Dataset, ParsedInstance]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ds = dcmread(stream)
-    except (InvalidDicomError, EOFError, ValueError, KeyError, OSError, NotImplementedError) as exc:
-        raise InvalidDatasetError(f"cannot parse DICOM: {exc}") from exc
-    if stream.tell() < len(data):
-        raise InvalidDatasetError(
-            f"parsing stopped at byte {stream.tell()} of {len(data)}: the object is malformed"
-        )
-    return ds, extract(ds)
+            if stream.tell() < len(data):
+                raise InvalidDatasetError(
+                    f"parsing stopped at byte {stream.tell()} of {len(data)}: the object is "
+                    "malformed"
+                )
+            return ds, extract(ds)
+    except InvalidDatasetError:
+        raise
+    except (Exception, RecursionError) as exc:
+        raise InvalidDatasetError(f"cannot parse DICOM: {type(exc).__name__}: {exc}") from exc
 
 
 def _text(ds: Dataset, keyword: str) -> str:
@@ -82,8 +107,8 @@ def _text(ds: Dataset, keyword: str) -> str:
     if value is None:
         return ""
     if isinstance(value, (list, tuple)) or getattr(value, "is_multival", False):
-        return "\\".join(str(v) for v in value)
-    return str(value).strip("\0 ")
+        return clean_text("\\".join(str(v) for v in value))
+    return clean_text(str(value).strip("\0 "))
 
 
 def _int(ds: Dataset, keyword: str) -> int | None:
@@ -96,7 +121,7 @@ def _int(ds: Dataset, keyword: str) -> int | None:
 
 def name_groups(value: object) -> tuple[str, str, str]:
     """Casefolded (alphabetic, ideographic, phonetic) groups of a Person Name, for matching."""
-    name = value if isinstance(value, PersonName) else PersonName(str(value or ""))
+    name = PersonName(clean_text(str(value or "")))
     return (
         name.alphabetic.casefold(),
         name.ideographic.casefold(),
@@ -141,7 +166,7 @@ def extract(ds: Dataset) -> ParsedInstance:
         patient=PatientAttributes(
             patient_id=_text(ds, "PatientID")[:64],
             issuer_of_patient_id=_text(ds, "IssuerOfPatientID")[:64],
-            patient_name=str(patient_name)[:324],
+            patient_name=clean_text(str(patient_name))[:324],
             name_groups=name_groups(patient_name),
             patient_birth_date=_text(ds, "PatientBirthDate")[:8],
             patient_sex=_text(ds, "PatientSex")[:16],

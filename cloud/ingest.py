@@ -21,7 +21,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from cloud.blobstore import BlobStore
-from cloud.dataset import ParsedInstance, parse_part10
+from cloud.dataset import ParsedInstance, parse_part10, with_part10_header
 from cloud.errors import BackendUnavailableError, DuplicateInstanceError, SOPClassMismatchError
 from cloud.models import IngestConflict, Instance, Patient, Series, Study
 
@@ -87,6 +87,7 @@ class Ingestor:
         expected_study_instance_uid: str | None = None,
     ) -> StoreOutcome:
         """Validate, persist and index one Part-10 object; raise an `ArchiveError` to refuse."""
+        data = with_part10_header(data)
         _, parsed = parse_part10(data)
         if expected_sop_class_uid and parsed.sop_class_uid != expected_sop_class_uid:
             raise SOPClassMismatchError(
@@ -122,8 +123,8 @@ class Ingestor:
                 return _outcome(parsed, already_stored=True)
             self._record_conflict(session, parsed, str(known), sha256, key, source)
         raise DuplicateInstanceError(
-            f"SOP Instance {parsed.sop_instance_uid} is already stored with different content "
-            f"(stored sha256 {known}, received {sha256}); the stored object was kept"
+            f"UID already stored with other content; kept stored one. SOP Instance "
+            f"{parsed.sop_instance_uid}: stored sha256 {known}, received {sha256}"
         )
 
     @staticmethod

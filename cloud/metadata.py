@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import warnings
 from typing import Any
 
@@ -16,6 +17,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 BULK_BASE = "bulkdata-base:"
+_JSON_ESCAPE = re.compile(r"\\u001b[ -/]+[0-~]")
 BULK_THRESHOLD = 1024
 _BULK_VRS = {"OB", "OD", "OF", "OL", "OV", "OW", "UN"}
 
@@ -44,7 +46,9 @@ def metadata_json(part10: bytes) -> str:
     for tag, vr in described.items():
         result[f"{tag:08X}"] = {"vr": vr, "BulkDataURI": f"{BULK_BASE}{tag:08X}"}
     ordered = dict(sorted(result.items()))
-    return json.dumps(ordered, ensure_ascii=False, separators=(",", ":"))
+    text = json.dumps(ordered, ensure_ascii=False, separators=(",", ":"))
+    # ISO 2022 escapes pydicom left in decoded text are encoding, not content (see dataset.py)
+    return _JSON_ESCAPE.sub("", text)
 
 
 def bulk_value(part10: bytes, tag: int) -> bytes:

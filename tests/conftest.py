@@ -46,9 +46,7 @@ def _postgres_schema_url(base_url: str) -> Iterator[str]:
         engine.dispose()
 
 
-@pytest.fixture(
-    params=["sqlite", pytest.param("postgresql", marks=pytest.mark.needs_postgres)]
-)
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.needs_postgres)])
 def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
     """Each archive test runs on the embedded SQLite and on PostgreSQL."""
     if request.param == "sqlite":

@@ -19,7 +19,9 @@ from viewer_api.multipart import stream_parts
 DICOM_ALL = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 
 
-def stow(http: httpx.Client, files: list[bytes], path: str = "/dicom-web/studies") -> httpx.Response:
+def stow(
+    http: httpx.Client, files: list[bytes], path: str = "/dicom-web/studies"
+) -> httpx.Response:
     body = b"".join(stream_parts((("application/dicom", f) for f in files), "xyz"))
     content_type = 'multipart/related; type="application/dicom"; boundary=xyz'
     return http.post(path, content=body, headers={"Content-Type": content_type})

@@ -8,6 +8,7 @@ import re
 import shutil
 import struct
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -17,7 +18,7 @@ import pytest
 from imaging_cloud.node import Node
 from imaging_cloud.synthetic import PatientSpec, StudySpec, ct_series, write_files
 from tests.support.samples import require_samples, samples_root
-from tests.support.servers import client
+from tests.support.servers import client, running_node
 
 pytestmark = [
     pytest.mark.needs_dcmtk,
@@ -172,24 +173,29 @@ def test_storescu_real_ct_is_retrieved_unchanged(sqlite_node: Node) -> None:
     assert not originals
 
 
+@pytest.fixture(scope="module")
+def shared_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    """One SQLite node for all transfer syntax files (their SOP Instance UIDs differ)."""
+    with running_node(tmp_path_factory.mktemp("ts-node")) as started:
+        yield started
+
+
 @pytest.mark.parametrize("name", TS_FILES)
-def test_storescu_own_transfer_syntax_is_kept(
-    sqlite_node: Node, tmp_path: Path, name: str
-) -> None:
+def test_storescu_own_transfer_syntax_is_kept(shared_node: Node, tmp_path: Path, name: str) -> None:
     path = require_samples() / "transfer_syntaxes" / name
     original = _read(path.read_bytes())
     syntax = str(original.file_meta.TransferSyntaxUID)
     config = tmp_path / "storescu.cfg"
     config.write_text(_ONE_CONTEXT_CONFIG.format(syntax=syntax, sop_class=original.SOPClassUID))
 
-    result = _storescu(sqlite_node, "-xf", str(config), "Own", files=[path])
+    result = _storescu(shared_node, "-xf", str(config), "Own", files=[path])
     assert result.returncode == 0, result.stderr
 
     url = (
         f"/dicom-web/studies/{original.StudyInstanceUID}/series/"
         f"{original.SeriesInstanceUID}/instances/{original.SOPInstanceUID}"
     )
-    with client(sqlite_node) as http:
+    with client(shared_node) as http:
         response = http.get(url, headers={"Accept": ANY_SYNTAX})
     assert response.status_code == 200
     [(content_type, payload)] = _multipart_parts(response)

@@ -34,10 +34,11 @@ def _imports(path: Path) -> set[str]:
 
 @pytest.mark.parametrize("package", sorted(ALLOWED))
 def test_package_imports_only_what_the_architecture_allows(package: str) -> None:
-    offences = []
-    for path in sorted((REPO / package).rglob("*.py")):
-        for imported in _imports(path) - ALLOWED[package] - {package}:
-            offences.append(f"{path.relative_to(REPO)} imports {imported}")
+    offences = [
+        f"{path.relative_to(REPO)} imports {imported}"
+        for path in sorted((REPO / package).rglob("*.py"))
+        for imported in _imports(path) - ALLOWED[package] - {package}
+    ]
     assert not offences, "\n".join(offences)
 
 
