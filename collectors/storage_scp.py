@@ -112,7 +112,7 @@ class StorageSCP:
     def start(self) -> None:
         """Bind and serve in background threads; return once the socket listens."""
         handlers: list[Any] = [
-            (evt.EVT_CONN_OPEN, _tune_connection),
+            (evt.EVT_CONN_OPEN, _disable_nagle),
             (evt.EVT_C_ECHO, _handle_echo),
             (evt.EVT_C_STORE, self._handle_store),
         ]
@@ -152,12 +152,9 @@ class StorageSCP:
         return status
 
 
-def _tune_connection(event: Any) -> None:
+def _disable_nagle(event: Any) -> None:
     # A C-STORE response is a small write followed by a read: with Nagle on, a peer that
     # delays ACKs adds ~40 ms to every object.
-    # pynetdicom's DUL loop sleeps 1 ms whenever it finds no event; on a busy association
-    # that is paid once per message, so poll faster (its documented trade-off: CPU when idle).
-    event.assoc.dul._run_loop_delay = 0.0002
     sock = event.assoc.dul.socket.socket
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

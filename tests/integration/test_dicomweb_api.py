@@ -33,6 +33,13 @@ def parts_of(response: httpx.Response) -> list[bytes]:
     return [part.get_payload(decode=True) for part in message.get_payload()]
 
 
+def instance_path(ds: pydicom.Dataset) -> str:
+    return (
+        f"/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+        f"/instances/{ds.SOPInstanceUID}"
+    )
+
+
 def value(item: dict, tag: str) -> object:
     return item[tag]["Value"][0]
 
@@ -135,10 +142,7 @@ def test_rendered_window_changes_the_image(sqlite_node: Node, ct_files: list[byt
     with client(sqlite_node) as http:
         stow(http, ct_files[:1])
         ds = pydicom.dcmread(io.BytesIO(ct_files[0]))
-        url = (
-            f"/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
-            f"/instances/{ds.SOPInstanceUID}/rendered"
-        )
+        url = f"{instance_path(ds)}/rendered"
         narrow = http.get(url, params={"window": "40,80"}, headers={"Accept": "image/png"})
         wide = http.get(url, params={"window": "1000,4000"}, headers={"Accept": "image/png"})
         assert narrow.headers["content-type"] == "image/png"
@@ -156,10 +160,7 @@ def test_compressed_instance_is_transcoded_by_default_and_passed_through_on_requ
     ds = pydicom.dcmread(path)
     with client(sqlite_node) as http:
         assert stow(http, [original]).status_code == 200
-        base = (
-            f"/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
-            f"/instances/{ds.SOPInstanceUID}"
-        )
+        base = instance_path(ds)
         default = pydicom.dcmread(io.BytesIO(parts_of(http.get(base))[0]))
         assert default.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
         assert (default.pixel_array == ds.pixel_array).all()  # lossless: same pixels
@@ -187,10 +188,7 @@ def test_unsatisfiable_accept_is_406(sqlite_node: Node, ct_files: list[bytes], a
     with client(sqlite_node) as http:
         stow(http, ct_files[:1])
         ds = pydicom.dcmread(io.BytesIO(ct_files[0]))
-        base = (
-            f"/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
-            f"/instances/{ds.SOPInstanceUID}"
-        )
+        base = instance_path(ds)
         target = f"{base}/rendered" if accept.startswith("image") else f"{base}/frames/1"
         response = http.get(target, headers={"Accept": accept})
         assert response.status_code == 406

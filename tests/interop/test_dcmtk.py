@@ -54,9 +54,11 @@ PresentationContexts = OwnContext
 """
 
 
-def _run(tool: str, node: Node, *args: str) -> subprocess.CompletedProcess[str]:
+def _run(
+    tool: str, node: Node, *args: str, files: tuple[Path, ...] = ()
+) -> subprocess.CompletedProcess[str]:
     command = [tool, "-aet", "DCMTKTEST", "-aec", CALLED_AE, *args]
-    command += ["127.0.0.1", str(node.scp.port)]
+    command += ["127.0.0.1", str(node.scp.port), *(str(f) for f in files)]
     return subprocess.run(
         command,
         capture_output=True,
@@ -68,25 +70,7 @@ def _run(tool: str, node: Node, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def _storescu(node: Node, *args: str, files: list[Path]) -> subprocess.CompletedProcess[str]:
-    command = [
-        "storescu",
-        "-aet",
-        "DCMTKTEST",
-        "-aec",
-        CALLED_AE,
-        *args,
-        "127.0.0.1",
-        str(node.scp.port),
-        *(str(f) for f in files),
-    ]
-    return subprocess.run(
-        command,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "TCP_NODELAY": "1"},
-        check=False,
-    )
+    return _run("storescu", node, *args, files=tuple(files))
 
 
 def _multipart_parts(response: httpx.Response) -> list[tuple[str, bytes]]:
