@@ -18,6 +18,8 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from collectors.part10 import file_meta_header
+
 logger = logging.getLogger(__name__)
 
 # Transfer syntaxes accepted for storage: uncompressed, deflate, JPEG family, JPEG-LS,
@@ -132,11 +134,16 @@ class StorageSCP:
         request = event.request
         requestor = event.assoc.requestor
         try:
+            sop_class = str(request.AffectedSOPClassUID)
+            sop_instance = str(request.AffectedSOPInstanceUID)
+            calling = str(requestor.ae_title).strip()
+            context = event.context.transfer_syntax
+            header = file_meta_header(sop_class, sop_instance, str(context), calling)
             received = ReceivedObject(
-                part10=event.encoded_dataset(),
-                sop_class_uid=str(request.AffectedSOPClassUID),
-                sop_instance_uid=str(request.AffectedSOPInstanceUID),
-                calling_ae_title=str(requestor.ae_title).strip(),
+                part10=header + event.encoded_dataset(include_meta=False),
+                sop_class_uid=sop_class,
+                sop_instance_uid=sop_instance,
+                calling_ae_title=calling,
                 peer_address=str(requestor.address),
             )
             result = self._sink(received)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+import pydicom.config
 import uvicorn
 
 from cloud.archive import Archive
@@ -43,6 +44,9 @@ class Node:
     scp: StorageSCP = field(init=False)
 
     def __post_init__(self) -> None:
+        # Received objects are validated by cloud.dataset where it matters (UIDs, lengths);
+        # pydicom's per-value VR checks on every read only cost time and emit warnings.
+        pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
         s = self.settings
         self.archive = Archive.open(s.data_dir, s.database_url, s.blob_url)
         self.scp = StorageSCP(
