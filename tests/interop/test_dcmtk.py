@@ -130,10 +130,15 @@ def test_storescu_synthetic_series_is_searchable(node: Node, tmp_path: Path) -> 
     assert sorted(found) == sorted(sent)
 
 
-def test_storescu_real_ct_is_retrieved_unchanged(sqlite_node: Node) -> None:
+@pytest.mark.parametrize(
+    "count",
+    [20, pytest.param(None, marks=pytest.mark.slow, id="whole-series")],
+    ids=lambda c: "first-20" if c else "whole-series",
+)
+def test_storescu_real_ct_is_retrieved_unchanged(sqlite_node: Node, count: int | None) -> None:
     root = require_samples()
-    files = sorted((root / CT_SERIES).glob("*.dcm"))[:20]
-    assert len(files) == 20
+    files = sorted((root / CT_SERIES).glob("*.dcm"))[:count]
+    assert len(files) == (count or 140)
     originals = {_read(f.read_bytes()).SOPInstanceUID: f.read_bytes() for f in files}
     first = _read(files[0].read_bytes())
 
@@ -145,7 +150,7 @@ def test_storescu_real_ct_is_retrieved_unchanged(sqlite_node: Node) -> None:
         response = http.get(url, headers={"Accept": ANY_SYNTAX})
     assert response.status_code == 200
     parts = _multipart_parts(response)
-    assert len(parts) == 20
+    assert len(parts) == len(files)
     for content_type, payload in parts:
         assert content_type.startswith("application/dicom")
         received = _read(payload)
