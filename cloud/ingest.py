@@ -114,8 +114,12 @@ class Ingestor:
         # to be a duplicate or a conflict harms nothing, and the common case saves a query.
         self._blobs.put(key, data)
         with self._sessions() as session:
-            if self._insert(session, parsed, key, len(data), sha256, source):
+            new_keys = self._insert(session, parsed, key, len(data), sha256, source)
+            if new_keys is not None:
                 session.commit()
+                # cached only once committed, so a rollback never leaves a stale key behind
+                for (kind, uid), pk in new_keys.items():
+                    self._pks.put(kind, uid, pk)
                 return _outcome(parsed, already_stored=False)
             session.rollback()
             known = self._known_sha(session, parsed.sop_instance_uid)
@@ -141,17 +145,21 @@ class Ingestor:
         size: int,
         sha256: str,
         source: str,
-    ) -> bool:
+    ) -> dict[tuple[str, str], int] | None:
+        """Index rows for one object; the study/series keys to cache, or None if a duplicate."""
         now = datetime.now(UTC)
+        keys: dict[tuple[str, str], int] = {}
         series_pk = self._pks.get("series", parsed.series_instance_uid)
         if series_pk is None:
             study_pk = self._study_pk(session, parsed, now)
+            keys["study", parsed.study_instance_uid] = study_pk
             series_pk = _get_or_create(
                 session,
                 Series.__table__,
                 {"series_instance_uid": parsed.series_instance_uid},
                 {"study_pk": study_pk, "created_at": now, **parsed.series},
             )
+            keys["series", parsed.series_instance_uid] = series_pk
         inserted = _insert_ignore(
             session,
             Instance.__table__,
@@ -166,10 +174,7 @@ class Ingestor:
                 **parsed.instance,
             },
         )
-        if inserted is None:
-            return False
-        self._pks.put("series", parsed.series_instance_uid, series_pk)
-        return True
+        return None if inserted is None else keys
 
     def _study_pk(self, session: Session, parsed: ParsedInstance, now: datetime) -> int:
         study_pk = self._pks.get("study", parsed.study_instance_uid)
@@ -199,7 +204,6 @@ class Ingestor:
             {"study_instance_uid": parsed.study_instance_uid},
             {"patient_pk": patient_pk, "created_at": now, **parsed.study},
         )
-        self._pks.put("study", parsed.study_instance_uid, study_pk)
         return study_pk
 
     def _record_conflict(

@@ -86,3 +86,19 @@ def test_migrations_match_the_models(archive: Archive) -> None:
     with archive.engine.connect() as connection:
         differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
     assert differences == []
+
+
+def test_concurrent_senders_of_one_study_store_each_instance_once(
+    archive: Archive, study: StudySpec
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    files = [to_part10(ds) for ds in ct_series(study, slices=24, size=16)]
+    # Four senders, each sending every object: the races on patient, study, series and
+    # instance rows must all resolve to one row each, and every call must succeed.
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        outcomes = list(pool.map(lambda d: archive.store(d, source="race"), files * 4))
+    assert len(outcomes) == 96
+    assert sum(not o.already_stored for o in outcomes) == 24
+    assert _count(archive) == 24
+    assert len(archive.search(Query("study", {}))) == 1
