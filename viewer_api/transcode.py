@@ -5,8 +5,8 @@ from __future__ import annotations
 import io
 import warnings
 
-from pydicom import dcmread
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom import dcmread, dcmwrite
+from pydicom.uid import ExplicitVRLittleEndian
 
 from cloud.errors import ArchiveError
 from viewer_api.multipart import MediaRange
@@ -76,17 +76,17 @@ def to_explicit_little_endian(part10: bytes) -> bytes:
         warnings.simplefilter("ignore")
         try:
             ds = dcmread(io.BytesIO(part10))
-            if ds.file_meta.TransferSyntaxUID.is_compressed:
-                ds.decompress()
-            elif ds.file_meta.TransferSyntaxUID not in (ImplicitVRLittleEndian,):
-                ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-                if "PixelData" in ds and ds.original_encoding[1] is False:
-                    raise TranscodeError("big-endian pixel data is served as stored only")
+            syntax = ds.file_meta.TransferSyntaxUID
+            if syntax.is_compressed:
+                ds.decompress(generate_instance_uid=False)  # same object, other encoding
+            elif not syntax.is_little_endian and "PixelData" in ds:
+                # The retired big-endian syntax: pydicom reads the pixels, numpy swaps them.
+                pixels = ds.pixel_array
+                ds.PixelData = pixels.astype(pixels.dtype.newbyteorder("<")).tobytes()
+                ds["PixelData"].VR = "OW" if pixels.dtype.itemsize > 1 else "OB"
             ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
             out = io.BytesIO()
-            ds.save_as(out, enforce_file_format=True)
-        except TranscodeError:
-            raise
+            dcmwrite(out, ds, implicit_vr=False, little_endian=True, enforce_file_format=True)
         except Exception as exc:
             raise TranscodeError(f"cannot transcode to Explicit VR Little Endian: {exc}") from exc
     return out.getvalue()
