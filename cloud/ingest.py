@@ -231,10 +231,6 @@ class Ingestor:
             extra={"sop_instance_uid": parsed.sop_instance_uid, "source": source},
         )
 
-    def forget_cached_keys(self) -> None:
-        """Drop cached primary keys (after deletions)."""
-        self._pks.clear()
-
 
 def _outcome(parsed: ParsedInstance, *, already_stored: bool) -> StoreOutcome:
     return StoreOutcome(
