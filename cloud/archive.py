@@ -125,17 +125,21 @@ class Archive:
         return self._metadata_by_pk(stored.pk, stored.blob_key)
 
     def metadata_json_by_pk(self, instance_pk: int) -> str:
-        with self._sessions() as session:
-            key = session.scalar(select(Instance.blob_key).where(Instance.pk == instance_pk))
-        if key is None:
-            raise InstanceNotFoundError(f"instance {instance_pk} is gone")
-        return self._metadata_by_pk(instance_pk, key)
+        """Cached DICOM JSON of the instance with this index key."""
+        return self._metadata_by_pk(instance_pk, None)
 
-    def _metadata_by_pk(self, instance_pk: int, blob_key: str) -> str:
+    def _metadata_by_pk(self, instance_pk: int, blob_key: str | None) -> str:
+        # One session for the common case, a cache hit; the blob key is looked up only on a miss.
         with self._sessions() as session:
             cached = session.get(InstanceMetadata, instance_pk)
             if cached is not None:
                 return cached.dicom_json
+            if blob_key is None:
+                blob_key = session.scalar(
+                    select(Instance.blob_key).where(Instance.pk == instance_pk)
+                )
+        if blob_key is None:
+            raise InstanceNotFoundError(f"instance {instance_pk} is gone")
         text = metadata.metadata_json(self.blobs.get(blob_key))
         try:
             with self._sessions() as session:
