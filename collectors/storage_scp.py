@@ -18,6 +18,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from collectors.intake import UNEXPECTED_FAILURE, SinkResult
 from collectors.part10 import file_meta_header
 
 logger = logging.getLogger(__name__)
@@ -52,7 +53,8 @@ STORAGE_TRANSFER_SYNTAXES = [
     "1.2.840.10008.1.2.4.108",  # HEVC/H.265 Main 10 Profile
 ]
 
-UNEXPECTED_FAILURE = 0xC211  # Error: unable to process
+
+__all__ = ["ReceivedObject", "Sink", "SinkResult", "StorageSCP"]
 
 
 @dataclass(frozen=True)
@@ -65,13 +67,9 @@ class ReceivedObject:
     calling_ae_title: str
     peer_address: str
 
-
-@dataclass(frozen=True)
-class SinkResult:
-    """What the sink made of an object: a DIMSE status and, for failures, why."""
-
-    status: int
-    error_comment: str = ""
+    @property
+    def origin(self) -> str:
+        return f"dimse:{self.calling_ae_title}@{self.peer_address}"
 
 
 Sink = Callable[[ReceivedObject], SinkResult]

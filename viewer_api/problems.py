@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cloud.errors import ArchiveError
+from collectors.multipart import MultipartError
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,10 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(HTTPProblem)
     async def _http_problem(_request: Request, exc: HTTPProblem) -> JSONResponse:
         return problem(exc.status, exc.title, exc.detail)
+
+    @app.exception_handler(MultipartError)
+    async def _multipart(_request: Request, exc: MultipartError) -> JSONResponse:
+        return problem(400, exc.title, exc.detail)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:

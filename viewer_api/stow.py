@@ -12,8 +12,8 @@ from fastapi.concurrency import run_in_threadpool
 from cloud.archive import Archive
 from cloud.dataset import check_uid, parse_part10
 from cloud.errors import ArchiveError
+from collectors.multipart import BodyPart, parse_media_type, split_multipart
 from viewer_api.deps import ArchiveDep, SettingsDep, dicomweb_base
-from viewer_api.multipart import BodyPart, parse_media_type, split_multipart
 from viewer_api.problems import HTTPProblem
 
 logger = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ from pydicom import dcmread, dcmwrite
 from pydicom.uid import ExplicitVRLittleEndian
 
 from cloud.errors import ArchiveError
-from viewer_api.multipart import MediaRange
+from collectors.multipart import MediaRange
 
 # Compressed frame media types (PS3.18 Table 8.7.3-2) and the transfer syntaxes behind them.
 FRAME_MEDIA_TYPES: dict[str, set[str]] = {

@@ -19,8 +19,8 @@ from cloud.archive import Archive, StoredInstance
 from cloud.errors import InstanceNotFoundError, InvalidDatasetError
 from cloud.metadata import BULK_BASE
 from cloud.metadata import bulk_value as read_bulk_value
+from collectors.multipart import new_boundary, parse_accept, stream_parts
 from viewer_api.deps import ArchiveDep, dicomweb_base
-from viewer_api.multipart import new_boundary, parse_accept, stream_parts
 from viewer_api.problems import HTTPProblem
 from viewer_api.transcode import (
     FRAME_MEDIA_TYPES,

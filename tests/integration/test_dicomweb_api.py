@@ -10,11 +10,11 @@ import pydicom
 import pytest
 from PIL import Image
 
+from collectors.multipart import stream_parts
 from imaging_cloud.node import Node
 from imaging_cloud.synthetic import PatientSpec, StudySpec, ct_series, to_part10
 from tests.support.samples import require_samples
 from tests.support.servers import client
-from viewer_api.multipart import stream_parts
 
 DICOM_ALL = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 

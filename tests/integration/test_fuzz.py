@@ -16,6 +16,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from cloud.dataset import parse_part10
 from cloud.errors import ArchiveError
+from collectors.multipart import MultipartError, split_multipart
 from imaging_cloud.node import Node
 from imaging_cloud.synthetic import (
     PatientSpec,
@@ -26,8 +27,6 @@ from imaging_cloud.synthetic import (
 )
 from tests.support.samples import samples_root
 from tests.support.servers import client, running_node
-from viewer_api.multipart import split_multipart
-from viewer_api.problems import HTTPProblem
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom on broken values
 
@@ -174,11 +173,11 @@ def _multipart_like() -> st.SearchStrategy[bytes]:
     # Starlette hands header values over as latin-1 text, so a boundary never holds more.
     st.one_of(st.just(BOUNDARY), st.text(st.characters(max_codepoint=255), max_size=210)),
 )
-def test_split_multipart_raises_only_http_problems(body: bytes, boundary: str) -> None:
+def test_split_multipart_raises_only_multipart_errors(body: bytes, boundary: str) -> None:
     try:
         parts = split_multipart(body, boundary)
-    except HTTPProblem as problem:
-        assert 400 <= problem.status < 500
+    except MultipartError as problem:
+        assert problem.detail
         return
     for part in parts:
         assert part.content in body

@@ -16,7 +16,7 @@ ALLOWED = {
     "collectors": set(),
     "gateway": {"collectors"},
     "cloud": {"mpr"},
-    "viewer_api": {"cloud", "mpr"},
+    "viewer_api": {"cloud", "mpr", "collectors"},
     "imaging_cloud": OURS,  # the composition root wires everything
 }
 

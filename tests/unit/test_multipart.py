@@ -2,8 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from viewer_api.multipart import parse_accept, split_multipart, stream_parts
-from viewer_api.problems import HTTPProblem
+from collectors.multipart import MultipartError, parse_accept, split_multipart, stream_parts
 
 
 def test_stream_then_split_round_trips_binary_parts() -> None:
@@ -28,6 +27,6 @@ def test_accept_with_quoted_commas_and_quality_orders_best_first() -> None:
     [b"", b"no boundary here", b"--b\r\nContent-Type: x\r\n\r\nnever closed", b"--b"],
 )
 def test_malformed_bodies_are_refused_precisely(body: bytes) -> None:
-    with pytest.raises(HTTPProblem) as refused:
+    with pytest.raises(MultipartError) as refused:
         split_multipart(body, "b")
-    assert refused.value.status == 400
+    assert refused.value.title == "Malformed multipart body"

@@ -7,7 +7,14 @@ import secrets
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from viewer_api.problems import HTTPProblem
+
+class MultipartError(ValueError):
+    """A malformed multipart body or Accept header; HTTP layers answer it with 400."""
+
+    def __init__(self, title: str, detail: str) -> None:
+        super().__init__(detail)
+        self.title, self.detail = title, detail
+
 
 _PARAM = re.compile(r';\s*([A-Za-z0-9_.-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;,\s]*)')
 
@@ -38,7 +45,7 @@ def parse_media_type(text: str) -> MediaRange:
         try:
             quality = float(params.pop("q"))
         except ValueError:
-            raise HTTPProblem(400, "Bad Accept header", f"invalid q value in {text!r}") from None
+            raise MultipartError("Bad Accept header", f"invalid q value in {text!r}") from None
     return MediaRange(main.strip().lower(), params, quality)
 
 
@@ -97,11 +104,11 @@ class BodyPart:
 def split_multipart(body: bytes, boundary: str) -> list[BodyPart]:
     """Split a multipart body (RFC 2046) into its parts; refuse anything malformed."""
     if not boundary or len(boundary) > 200:
-        raise HTTPProblem(400, "Malformed multipart body", "missing or invalid boundary")
+        raise MultipartError("Malformed multipart body", "missing or invalid boundary")
     delimiter = b"--" + boundary.encode("latin-1")
     start = body.find(delimiter)
     if start < 0:
-        raise HTTPProblem(400, "Malformed multipart body", "boundary not found in the body")
+        raise MultipartError("Malformed multipart body", "boundary not found in the body")
     parts: list[BodyPart] = []
     position = start + len(delimiter)
     while True:
@@ -109,11 +116,11 @@ def split_multipart(body: bytes, boundary: str) -> list[BodyPart]:
             return parts  # closing delimiter
         line_end = body.find(b"\r\n", position)
         if line_end < 0:
-            raise HTTPProblem(400, "Malformed multipart body", "body ends inside a delimiter")
+            raise MultipartError("Malformed multipart body", "body ends inside a delimiter")
         header_end = body.find(b"\r\n\r\n", line_end)
         next_delimiter = body.find(b"\r\n" + delimiter, line_end)
         if next_delimiter < 0:
-            raise HTTPProblem(400, "Malformed multipart body", "no closing boundary")
+            raise MultipartError("Malformed multipart body", "no closing boundary")
         if header_end < 0 or header_end > next_delimiter:
             header_block, content_start = b"", line_end + 2
         else:
@@ -129,6 +136,6 @@ def _parse_headers(block: bytes) -> dict[str, str]:
             continue
         name, colon, value = line.decode("latin-1").partition(":")
         if not colon:
-            raise HTTPProblem(400, "Malformed multipart body", f"bad part header {name[:40]!r}")
+            raise MultipartError("Malformed multipart body", f"bad part header {name[:40]!r}")
         headers[name.strip().lower()] = value.strip()
     return headers
