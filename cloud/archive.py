@@ -14,6 +14,7 @@ from cloud import metadata
 from cloud.blobstore import BlobStore, open_blob_store
 from cloud.database import create_index_engine, migrate, session_factory, sqlite_url
 from cloud.errors import BackendUnavailableError, InstanceNotFoundError
+from cloud.hospitals import HospitalRegistry
 from cloud.ingest import Ingestor, StoreOutcome
 from cloud.models import Instance, InstanceMetadata, Series, Study
 from cloud.query import Match, Query, search
@@ -44,6 +45,7 @@ class Archive:
         self.blobs = blobs
         self._sessions: sessionmaker[Session] = session_factory(engine)
         self._ingestor = Ingestor(self._sessions, blobs)
+        self.hospitals = HospitalRegistry(self._sessions)
 
     @classmethod
     def open(cls, data_dir: Path, database_url: str = "", blob_url: str = "") -> Archive:
@@ -64,6 +66,7 @@ class Archive:
         source: str,
         expected_sop_class_uid: str | None = None,
         expected_study_instance_uid: str | None = None,
+        hospital_pk: int | None = None,
     ) -> StoreOutcome:
         """Ingest one Part-10 object (see `cloud.ingest.Ingestor.store`)."""
         return self._ingestor.store(
@@ -71,6 +74,7 @@ class Archive:
             source=source,
             expected_sop_class_uid=expected_sop_class_uid,
             expected_study_instance_uid=expected_study_instance_uid,
+            hospital_pk=hospital_pk,
         )
 
     def search(self, query: Query) -> list[Match]:

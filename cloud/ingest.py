@@ -85,8 +85,12 @@ class Ingestor:
         source: str,
         expected_sop_class_uid: str | None = None,
         expected_study_instance_uid: str | None = None,
+        hospital_pk: int | None = None,
     ) -> StoreOutcome:
-        """Validate, persist and index one Part-10 object; raise an `ArchiveError` to refuse."""
+        """Validate, persist and index one Part-10 object; raise an `ArchiveError` to refuse.
+
+        ``hospital_pk`` names the uploading hospital; a study belongs to the first one.
+        """
         data = with_part10_header(data)
         _, parsed = parse_part10(data)
         if expected_sop_class_uid and parsed.sop_class_uid != expected_sop_class_uid:
@@ -101,20 +105,25 @@ class Ingestor:
             )
         sha256 = hashlib.sha256(data).hexdigest()
         try:
-            return self._store_parsed(data, parsed, sha256, source)
+            return self._store_parsed(data, parsed, sha256, source, hospital_pk)
         except OperationalError as exc:
             self._pks.clear()
             raise BackendUnavailableError(f"index database error: {exc.orig}") from exc
 
     def _store_parsed(
-        self, data: bytes, parsed: ParsedInstance, sha256: str, source: str
+        self,
+        data: bytes,
+        parsed: ParsedInstance,
+        sha256: str,
+        source: str,
+        hospital_pk: int | None,
     ) -> StoreOutcome:
         key = blob_key_for(sha256)
         # Write first, ask later: the key is content-addressed, so writing bytes that turn out
         # to be a duplicate or a conflict harms nothing, and the common case saves a query.
         self._blobs.put(key, data)
         with self._sessions() as session:
-            new_keys = self._insert(session, parsed, key, len(data), sha256, source)
+            new_keys = self._insert(session, parsed, key, len(data), sha256, source, hospital_pk)
             if new_keys is not None:
                 session.commit()
                 # cached only once committed, so a rollback never leaves a stale key behind
@@ -145,13 +154,14 @@ class Ingestor:
         size: int,
         sha256: str,
         source: str,
+        hospital_pk: int | None,
     ) -> dict[tuple[str, str], int] | None:
         """Index rows for one object; the study/series keys to cache, or None if a duplicate."""
         now = datetime.now(UTC)
         keys: dict[tuple[str, str], int] = {}
         series_pk = self._pks.get("series", parsed.series_instance_uid)
         if series_pk is None:
-            study_pk = self._study_pk(session, parsed, now)
+            study_pk = self._study_pk(session, parsed, now, hospital_pk)
             keys["study", parsed.study_instance_uid] = study_pk
             series_pk = _get_or_create(
                 session,
@@ -176,7 +186,9 @@ class Ingestor:
         )
         return None if inserted is None else keys
 
-    def _study_pk(self, session: Session, parsed: ParsedInstance, now: datetime) -> int:
+    def _study_pk(
+        self, session: Session, parsed: ParsedInstance, now: datetime, hospital_pk: int | None
+    ) -> int:
         study_pk = self._pks.get("study", parsed.study_instance_uid)
         if study_pk is not None:
             return study_pk
@@ -202,7 +214,12 @@ class Ingestor:
             session,
             Study.__table__,
             {"study_instance_uid": parsed.study_instance_uid},
-            {"patient_pk": patient_pk, "created_at": now, **parsed.study},
+            {
+                "patient_pk": patient_pk,
+                "hospital_pk": hospital_pk,
+                "created_at": now,
+                **parsed.study,
+            },
         )
         return study_pk
 

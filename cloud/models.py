@@ -11,7 +11,9 @@ from datetime import datetime
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -52,12 +54,33 @@ class Patient(Base):
     patient_sex: Mapped[str] = mapped_column(String(16), default="")
 
 
+class Hospital(Base):
+    """A hospital whose gateway uploads to this cloud; it owns the studies it sent first."""
+
+    __tablename__ = "hospitals"
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    hospital_id: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(128))
+    # SHA-256 of the gateway credential: the token is 256 random bits, so a fast hash suffices.
+    credential_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    # The AE title its gateway calls us with, and where that gateway accepts C-STORE/C-MOVE.
+    ae_title: Mapped[str] = mapped_column(String(16), default="", index=True)
+    dicom_host: Mapped[str] = mapped_column(String(255), default="")
+    dicom_port: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class Study(Base):
     __tablename__ = "studies"
 
     pk: Mapped[int] = mapped_column(Integer, primary_key=True)
     study_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
     patient_pk: Mapped[int] = mapped_column(ForeignKey("patients.pk"), index=True)
+    hospital_pk: Mapped[int | None] = mapped_column(
+        ForeignKey("hospitals.pk"), nullable=True, index=True
+    )
     study_date: Mapped[str] = mapped_column(String(8), default="", index=True)
     study_time: Mapped[str] = mapped_column(String(16), default="")
     accession_number: Mapped[str] = mapped_column(String(16), default="", index=True)
@@ -131,3 +154,62 @@ class InstanceMetadata(Base):
 
 
 Index("ix_instances_series_number", Instance.series_pk, Instance.instance_number)
+
+
+class GatewayHeartbeat(Base):
+    """The latest heartbeat of each hospital's gateway (older ones are only logged)."""
+
+    __tablename__ = "gateway_heartbeats"
+
+    hospital_pk: Mapped[int] = mapped_column(ForeignKey("hospitals.pk"), primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    queued: Mapped[int] = mapped_column(Integer, default=0)
+    queued_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    quarantined: Mapped[int] = mapped_column(Integer, default=0)
+    oldest_unsent_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    disk_free_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+
+
+class Reconciliation(Base):
+    """One per-study audit (数据稽核): the gateway's manifest compared with what we hold."""
+
+    __tablename__ = "reconciliations"
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    hospital_pk: Mapped[int] = mapped_column(ForeignKey("hospitals.pk"), index=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID, index=True)
+    checked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    gateway_instances: Mapped[int] = mapped_column(Integer)
+    cloud_instances: Mapped[int] = mapped_column(Integer)
+    missing: Mapped[int] = mapped_column(Integer)
+    mismatched: Mapped[int] = mapped_column(Integer)
+    result: Mapped[str] = mapped_column(String(16))
+
+
+class SendBack(Base):
+    """A request to send a study back into its own hospital's PACS through that gateway."""
+
+    __tablename__ = "send_backs"
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    hospital_pk: Mapped[int] = mapped_column(ForeignKey("hospitals.pk"), index=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID)
+    state: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    requested_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class Alert(Base):
+    """An upload-monitoring alert (采集监测); open while ``cleared_at`` is null."""
+
+    __tablename__ = "alerts"
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    hospital_pk: Mapped[int] = mapped_column(ForeignKey("hospitals.pk"), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    message: Mapped[str] = mapped_column(Text)
+    raised_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    cleared_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
