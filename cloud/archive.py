@@ -56,6 +56,11 @@ class Archive:
         blobs = open_blob_store(blob_url or f"file://{(data_dir / 'blobs').resolve()}")
         return cls(engine, blobs)
 
+    @property
+    def sessions(self) -> sessionmaker[Session]:
+        """Sessions on the index, for the cloud services built beside the archive."""
+        return self._sessions
+
     def close(self) -> None:
         self.engine.dispose()
 

@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from cloud.archive import Archive
-from viewer_api import qido, stow, wado
+from viewer_api import gateway_api, qido, stow, wado
 from viewer_api.deps import ApiSettings
 from viewer_api.problems import install_problem_handlers
 
@@ -34,6 +34,8 @@ def create_app(
     install_problem_handlers(app)
     for router in (qido.router, wado.router, stow.router):
         app.include_router(router, prefix="/dicom-web")
+    app.include_router(gateway_api.router)
+    app.include_router(gateway_api.operators)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> Response:

@@ -12,8 +12,10 @@ from fastapi.concurrency import run_in_threadpool
 from cloud.archive import Archive
 from cloud.dataset import check_uid, parse_part10
 from cloud.errors import ArchiveError
+from cloud.hospitals import HospitalRef
 from collectors.multipart import BodyPart, parse_media_type, split_multipart
 from viewer_api.deps import ArchiveDep, SettingsDep, dicomweb_base
+from viewer_api.gateway_api import OptionalHospitalDep
 from viewer_api.problems import HTTPProblem
 
 logger = logging.getLogger(__name__)
@@ -65,7 +67,12 @@ def _reference(sop_class: str, sop_instance: str) -> dict[str, Any]:
 
 
 def _store_all(
-    archive: Archive, parts: list[BodyPart], study: str | None, source: str, base: str
+    archive: Archive,
+    parts: list[BodyPart],
+    study: str | None,
+    source: str,
+    base: str,
+    hospital_pk: int | None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     stored: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
@@ -78,7 +85,12 @@ def _store_all(
             logger.info("STOW part %d refused: content type %s", index, part_type)
             continue
         try:
-            outcome = archive.store(part.content, source=source, expected_study_instance_uid=study)
+            outcome = archive.store(
+                part.content,
+                source=source,
+                expected_study_instance_uid=study,
+                hospital_pk=hospital_pk,
+            )
         except ArchiveError as exc:
             item = _reference(*_uids_of(part.content))
             item["00081197"] = {"vr": "US", "Value": [exc.dimse_status]}
@@ -106,7 +118,13 @@ def _uids_of(data: bytes) -> tuple[str, str]:
         return "", ""
 
 
-async def _stow(request: Request, archive: Archive, limit: int, study: str | None) -> Response:
+async def _stow(
+    request: Request,
+    archive: Archive,
+    limit: int,
+    study: str | None,
+    hospital: HospitalRef | None,
+) -> Response:
     if study is not None:
         try:
             check_uid(study, "StudyInstanceUID")
@@ -115,9 +133,10 @@ async def _stow(request: Request, archive: Archive, limit: int, study: str | Non
     body = await _read_body(request, limit)
     parts = _parts(request, body)
     client = request.client.host if request.client else "unknown"
+    source = f"gateway:{hospital.hospital_id}@{client}" if hospital else f"stow:{client}"
     base = dicomweb_base(request)
     stored, failed = await run_in_threadpool(
-        _store_all, archive, parts, study, f"stow:{client}", base
+        _store_all, archive, parts, study, source, base, hospital.pk if hospital else None
     )
     response: dict[str, Any] = {}
     if study:
@@ -135,12 +154,18 @@ async def _stow(request: Request, archive: Archive, limit: int, study: str | Non
 
 
 @router.post("/studies")
-async def store_instances(request: Request, archive: ArchiveDep, settings: SettingsDep) -> Response:
-    return await _stow(request, archive, settings.max_stow_bytes, None)
+async def store_instances(
+    request: Request, archive: ArchiveDep, settings: SettingsDep, hospital: OptionalHospitalDep
+) -> Response:
+    return await _stow(request, archive, settings.max_stow_bytes, None, hospital)
 
 
 @router.post("/studies/{study}")
 async def store_study_instances(
-    study: str, request: Request, archive: ArchiveDep, settings: SettingsDep
+    study: str,
+    request: Request,
+    archive: ArchiveDep,
+    settings: SettingsDep,
+    hospital: OptionalHospitalDep,
 ) -> Response:
-    return await _stow(request, archive, settings.max_stow_bytes, study)
+    return await _stow(request, archive, settings.max_stow_bytes, study, hospital)

@@ -1,0 +1,715 @@
+"""Query/Retrieve pull: ask the hospital PACS for recent studies and fetch the ones we lack.
+
+Some PACS cannot push to the gateway (or the hospital will not route to it), so the gateway
+polls instead: a Study Root C-FIND over a date window (optionally limited to modalities), a
+``wanted`` callback per study (the gateway answers "the cloud does not have all of it yet"),
+then one of
+
+* C-GET: the PACS sends the instances back on the same association; each goes to the intake
+  sink and the sink's status goes back to the PACS as the C-STORE response, or
+* C-MOVE: the PACS sends them to a move destination (the gateway's own C-STORE SCP, which
+  feeds the same sink); the puller only waits for the final status.
+
+A poll never raises: whatever went wrong (PACS down, association rejected, sub-operations
+failed) is written in the :class:`PullReport` with its DIMSE status in hex.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any, Literal
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE, StoragePresentationContexts, build_context, build_role, evt
+from pynetdicom.association import Association
+from pynetdicom.presentation import PresentationContext
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+)
+
+from collectors.intake import UNEXPECTED_FAILURE, IntakeSink, SinkResult
+from collectors.part10 import file_meta_header
+from collectors.storage_scp import STORAGE_TRANSFER_SYNTAXES
+
+__all__ = [
+    "DateWindow",
+    "PullReport",
+    "QueryRetrieveConfig",
+    "QueryRetrievePuller",
+    "StudyMatch",
+    "StudyRetrieval",
+    "puller_from_config",
+]
+
+logger = logging.getLogger(__name__)
+
+Method = Literal["get", "move"]
+WantedCallback = Callable[[str, int | None], bool]
+"""``wanted(study_instance_uid, instance_count_or_None) -> bool``: retrieve this study?"""
+
+_PENDING = (0xFF00, 0xFF01)
+_SUCCESS = 0x0000
+
+# A-ASSOCIATE-RQ may carry at most 128 presentation contexts; one is the C-GET model.
+_STORAGE_CONTEXT_BUDGET = 127
+
+# When a C-GET proposes fewer syntaxes than we accept for storage (many SOP classes share
+# the budget), these come first: the PACS sends an instance unchanged only when its own
+# syntax was accepted, and transcodes (or fails) otherwise.
+_PREFERRED_SYNTAXES = (
+    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    "1.2.840.10008.1.2",  # Implicit VR Little Endian
+    "1.2.840.10008.1.2.4.70",  # JPEG Lossless SV1
+    "1.2.840.10008.1.2.4.50",  # JPEG Baseline
+    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
+    "1.2.840.10008.1.2.4.91",  # JPEG 2000
+    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.5",  # RLE Lossless
+)
+RETRIEVE_TRANSFER_SYNTAXES = (
+    *_PREFERRED_SYNTAXES,
+    *(uid for uid in STORAGE_TRANSFER_SYNTAXES if uid not in _PREFERRED_SYNTAXES),
+)
+
+_CONFIG_KEYS = {
+    "kind",
+    "host",
+    "port",
+    "ae_title",
+    "method",
+    "move_destination",
+    "days",
+    "date_from",
+    "date_to",
+    "modalities",
+    "interval_seconds",
+}
+
+
+# -- configuration ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DateWindow:
+    """Which study dates to ask for: the last ``days`` days (today included) or start..end.
+
+    An explicit window may be open on one side (``start`` only: everything since then).
+    """
+
+    days: int | None = None
+    start: date | None = None
+    end: date | None = None
+
+    def __post_init__(self) -> None:
+        if self.days is not None:
+            if self.start is not None or self.end is not None:
+                raise ValueError("a date window is either the last N days or from/to, not both")
+            if isinstance(self.days, bool) or not isinstance(self.days, int) or self.days < 1:
+                raise ValueError(f"days must be a whole number of at least 1, not {self.days!r}")
+        elif self.start is None and self.end is None:
+            raise ValueError("a date window needs days, or a start and/or end date")
+        if self.start is not None and self.end is not None and self.start > self.end:
+            raise ValueError(f"date window starts ({self.start}) after it ends ({self.end})")
+
+    def bounds(self, today: date) -> tuple[date | None, date | None]:
+        """First and last date included (None: open on that side)."""
+        if self.days is not None:
+            return today - timedelta(days=self.days - 1), today
+        return self.start, self.end
+
+    def dicom_range(self, today: date) -> str:
+        """The StudyDate range matching value, e.g. ``20240101-20240102``."""
+        first, last = self.bounds(today)
+        return f"{_dicom_date(first)}-{_dicom_date(last)}"
+
+    def contains(self, day: date, today: date) -> bool:
+        first, last = self.bounds(today)
+        return (first is None or first <= day) and (last is None or day <= last)
+
+
+@dataclass(frozen=True)
+class QueryRetrieveConfig:
+    """Where the PACS is and what to pull from it."""
+
+    host: str
+    port: int
+    called_ae: str
+    calling_ae: str
+    window: DateWindow
+    method: Method = "get"
+    move_destination: str | None = None
+    modalities: tuple[str, ...] = ()
+    interval_seconds: float = 600.0
+    network_timeout: float = 30.0
+    # Longest wait for one DIMSE message: a PACS sends a pending C-GET/C-MOVE response per
+    # sub-operation, so this bounds one instance, not a whole study.
+    dimse_timeout: float = 120.0
+
+    def __post_init__(self) -> None:
+        if not self.host:
+            raise ValueError("host must not be empty")
+        if isinstance(self.port, bool) or not isinstance(self.port, int):
+            raise ValueError(f"port must be an integer, not {self.port!r}")
+        if not 1 <= self.port <= 65535:
+            raise ValueError(f"port must be between 1 and 65535, not {self.port}")
+        _check_ae_title("ae_title", self.called_ae)
+        _check_ae_title("calling AE title", self.calling_ae)
+        if self.method not in ("get", "move"):
+            raise ValueError(f'method must be "get" or "move", not {self.method!r}')
+        if self.method == "move":
+            if not self.move_destination:
+                raise ValueError('method "move" needs a move destination AE title')
+            _check_ae_title("move destination", self.move_destination)
+        for modality in self.modalities:
+            if not modality or len(modality) > 16 or not modality.isascii() or "\\" in modality:
+                raise ValueError(f"not a modality code: {modality!r}")
+        if self.interval_seconds <= 0:
+            raise ValueError(f"interval_seconds must be positive, not {self.interval_seconds}")
+
+    @property
+    def peer(self) -> str:
+        return f"{self.called_ae}@{self.host}:{self.port}"
+
+
+def puller_from_config(
+    entry: Mapping[str, Any],
+    sink: IntakeSink,
+    *,
+    calling_ae: str,
+    move_destination: str | None,
+    wanted: WantedCallback | None = None,
+) -> QueryRetrievePuller:
+    """Build a puller from one ``kind = "qr"`` collector entry of the gateway's TOML.
+
+    ``move_destination`` is the gateway's own SCP AE title; an entry may override it.
+    Raises ValueError naming the offending key for anything malformed.
+    """
+    unknown = sorted(set(entry) - _CONFIG_KEYS)
+    if unknown:
+        raise ValueError(f"qr collector: unknown keys {unknown}; allowed: {sorted(_CONFIG_KEYS)}")
+    if entry.get("kind", "qr") != "qr":
+        raise ValueError(f'qr collector: kind must be "qr", not {entry.get("kind")!r}')
+    try:
+        config = QueryRetrieveConfig(
+            host=_required_str(entry, "host"),
+            port=_required(entry, "port"),
+            called_ae=_required_str(entry, "ae_title").strip(),
+            calling_ae=calling_ae.strip(),
+            method=entry.get("method", "get"),
+            move_destination=entry.get("move_destination", move_destination),
+            window=_window_from_entry(entry),
+            modalities=_modalities_from_entry(entry),
+            interval_seconds=_interval_from_entry(entry),
+        )
+    except ValueError as exc:
+        raise ValueError(f"qr collector {entry.get('host')}:{entry.get('port')}: {exc}") from exc
+    return QueryRetrievePuller(config, sink, wanted=wanted)
+
+
+def _required(entry: Mapping[str, Any], key: str) -> Any:
+    if key not in entry:
+        raise ValueError(f"missing {key}")
+    return entry[key]
+
+
+def _required_str(entry: Mapping[str, Any], key: str) -> str:
+    value = _required(entry, key)
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{key} must be a non-empty string, not {value!r}")
+    return value
+
+
+def _window_from_entry(entry: Mapping[str, Any]) -> DateWindow:
+    if "days" in entry:
+        if "date_from" in entry or "date_to" in entry:
+            raise ValueError("give either days or date_from/date_to, not both")
+        return DateWindow(days=entry["days"])
+    start = _parse_date("date_from", entry.get("date_from"))
+    end = _parse_date("date_to", entry.get("date_to"))
+    if start is None and end is None:
+        # Without a window every poll would walk the PACS' whole archive.
+        raise ValueError("needs days (e.g. days = 2) or date_from/date_to")
+    return DateWindow(start=start, end=end)
+
+
+def _parse_date(key: str, value: Any) -> date | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    if isinstance(value, str):
+        for pattern in ("%Y-%m-%d", "%Y%m%d"):
+            try:
+                return datetime.strptime(value.strip(), pattern).date()
+            except ValueError:
+                pass
+    raise ValueError(f"{key} must be a date (2024-01-31 or 20240131), not {value!r}")
+
+
+def _modalities_from_entry(entry: Mapping[str, Any]) -> tuple[str, ...]:
+    value = entry.get("modalities", [])
+    if isinstance(value, str) or not isinstance(value, list | tuple):
+        raise ValueError(f'modalities must be a list such as ["CT", "MR"], not {value!r}')
+    if not all(isinstance(item, str) for item in value):
+        raise ValueError(f"modalities must be strings, not {value!r}")
+    return tuple(dict.fromkeys(item.strip().upper() for item in value))
+
+
+def _interval_from_entry(entry: Mapping[str, Any]) -> float:
+    value = entry.get("interval_seconds", 600)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"interval_seconds must be a number, not {value!r}")
+    return float(value)
+
+
+def _check_ae_title(what: str, title: str) -> None:
+    valid = (
+        isinstance(title, str)
+        and 0 < len(title.strip()) <= 16
+        and title.isascii()
+        and title.isprintable()
+        and "\\" not in title
+    )
+    if not valid:
+        raise ValueError(f"{what} must be 1 to 16 printable ASCII characters, not {title!r}")
+
+
+def _dicom_date(day: date | None) -> str:
+    return "" if day is None else day.strftime("%Y%m%d")
+
+
+# -- results ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StudyMatch:
+    """One study the PACS returned for the C-FIND."""
+
+    study_uid: str
+    study_date: str = ""
+    modalities: tuple[str, ...] = ()
+    instance_count: int | None = None
+    patient_id: str = ""
+    accession_number: str = ""
+    sop_classes: tuple[str, ...] = ()
+
+
+@dataclass
+class StudyRetrieval:
+    """How the C-GET or C-MOVE of one study ended.
+
+    ``status`` is the final DIMSE status (None when no final response came); the counts are
+    the PACS' sub-operation counts (for C-GET, ours when the PACS did not report them).
+    """
+
+    study_uid: str
+    status: int | None = None
+    completed: int = 0
+    failed: int = 0
+    warning: int = 0
+    error: str = ""
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == _SUCCESS and self.failed == 0 and not self.error
+
+
+@dataclass
+class PullReport:
+    """What one poll did.
+
+    ``studies_queried`` counts what the PACS returned, ``studies_matching`` what is left
+    after our own date and modality check (some PACS ignore those keys), ``studies_wanted``
+    what the ``wanted`` callback asked for, ``studies_retrieved`` what arrived without a
+    failed sub-operation.
+    """
+
+    studies_queried: int = 0
+    studies_matching: int = 0
+    studies_wanted: int = 0
+    studies_retrieved: int = 0
+    retrievals: list[StudyRetrieval] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def summary(self) -> str:
+        completed = sum(r.completed for r in self.retrievals)
+        failed = sum(r.failed for r in self.retrievals)
+        return (
+            f"{self.studies_queried} studies found, {self.studies_matching} matching, "
+            f"{self.studies_wanted} wanted, {self.studies_retrieved} retrieved "
+            f"({completed} instances, {failed} failed), {len(self.errors)} errors"
+        )
+
+
+# -- the puller ------------------------------------------------------------------------------
+
+
+class QueryRetrievePuller:
+    """Polls one PACS by C-FIND and retrieves wanted studies by C-GET or C-MOVE."""
+
+    def __init__(
+        self,
+        config: QueryRetrieveConfig,
+        sink: IntakeSink,
+        *,
+        wanted: WantedCallback | None = None,
+        today: Callable[[], date] = date.today,
+    ) -> None:
+        self.config = config
+        self._sink = sink
+        self._wanted = wanted or _want_everything
+        self._today = today
+        self._origin = f"qr-get:{config.called_ae}@{config.host}:{config.port}"
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event, interval: float | None = None) -> None:
+        """Poll now and then every ``interval`` seconds (default: the config's) until stopped."""
+        pause = self.config.interval_seconds if interval is None else interval
+        while not stop.is_set():
+            try:
+                report = self.poll_once()
+            except Exception:  # poll_once reports its own errors; this is a last resort
+                logger.exception("Q/R poll of %s failed unexpectedly", self.config.peer)
+            else:
+                log = logger.warning if report.errors else logger.info
+                log("Q/R poll of %s: %s", self.config.peer, report.summary())
+                for error in report.errors:
+                    logger.warning("Q/R poll of %s: %s", self.config.peer, error)
+            stop.wait(pause)
+
+    def poll_once(self) -> PullReport:
+        """Query the PACS, then retrieve every matching study the ``wanted`` callback wants."""
+        report = PullReport()
+        try:
+            studies = self.find_studies(report)
+            report.studies_matching = len(studies)
+            for study in studies:
+                if self._is_wanted(study, report):
+                    report.studies_wanted += 1
+                    self._retrieve(study, report)
+        except Exception as exc:  # the run loop and the gateway rely on getting a report
+            logger.exception("Q/R poll of %s failed", self.config.peer)
+            report.errors.append(f"unexpected error: {exc!r}")
+        return report
+
+    def _is_wanted(self, study: StudyMatch, report: PullReport) -> bool:
+        try:
+            return bool(self._wanted(study.study_uid, study.instance_count))
+        except Exception as exc:
+            logger.exception("wanted() failed for study %s", study.study_uid)
+            report.errors.append(f"study {study.study_uid}: wanted() failed: {exc!r}")
+            return False
+
+    def _retrieve(self, study: StudyMatch, report: PullReport) -> None:
+        if self.config.method == "get":
+            retrieval = self._get_study(study)
+        else:
+            retrieval = self._move_study(study)
+        report.retrievals.append(retrieval)
+        if retrieval.succeeded:
+            report.studies_retrieved += 1
+        elif retrieval.error:
+            report.errors.append(retrieval.error)
+
+    # -- C-FIND --------------------------------------------------------------------------
+
+    def find_studies(self, report: PullReport) -> list[StudyMatch]:
+        """Studies in the date window (and modalities), deduplicated and checked by us too."""
+        assoc, error = self._associate([build_context(StudyRootQueryRetrieveInformationModelFind)])
+        if assoc is None:
+            report.errors.append(f"C-FIND: {error}")
+            return []
+        found: dict[str, StudyMatch] = {}
+        try:
+            responses = assoc.send_c_find(
+                self._study_query(), StudyRootQueryRetrieveInformationModelFind
+            )
+            for status, identifier in responses:
+                if "Status" not in status:
+                    report.errors.append(f"C-FIND: {_NO_RESPONSE}")
+                    break
+                code = int(status.Status)
+                if code in _PENDING and identifier is not None:
+                    match = _study_from_identifier(identifier)
+                    if match.study_uid:
+                        found.setdefault(match.study_uid, match)
+                elif code not in _PENDING and code != _SUCCESS:
+                    report.errors.append(f"C-FIND failed: status {_hex(code)}{_comment(status)}")
+        finally:
+            assoc.release()
+        report.studies_queried = len(found)
+        return [study for study in found.values() if self._matches(study)]
+
+    def _study_query(self) -> Dataset:
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = ""
+        query.StudyDate = self.config.window.dicom_range(self._today())
+        query.ModalitiesInStudy = "\\".join(self.config.modalities)
+        query.NumberOfStudyRelatedInstances = ""
+        query.PatientID = ""
+        query.AccessionNumber = ""
+        # Lets a C-GET propose exactly the SOP classes the study holds (see _get_contexts).
+        query.SOPClassesInStudy = ""
+        return query
+
+    def _matches(self, study: StudyMatch) -> bool:
+        """Our own check of the window and modalities, for PACS that ignore those keys.
+
+        A study without a (parsable) date or modality list is kept: better pulled once
+        more than never.
+        """
+        day = _parse_study_date(study.study_date)
+        if day is not None and not self.config.window.contains(day, self._today()):
+            return False
+        wanted_modalities = set(self.config.modalities)
+        if wanted_modalities and study.modalities:
+            return bool(wanted_modalities & set(study.modalities))
+        return True
+
+    # -- C-GET ---------------------------------------------------------------------------
+
+    def _get_study(self, study: StudyMatch) -> StudyRetrieval:
+        contexts, roles = _get_contexts(study.sop_classes)
+        tally = StudyRetrieval(study.study_uid)
+        handlers = [(evt.EVT_C_STORE, self._store_handler(tally))]
+        model = StudyRootQueryRetrieveInformationModelGet
+        assoc, error = self._associate(
+            [build_context(model), *contexts], ext_neg=roles, handlers=handlers
+        )
+        if assoc is None:
+            return StudyRetrieval(
+                study.study_uid, error=f"C-GET of study {study.study_uid}: {error}"
+            )
+        try:
+            responses = assoc.send_c_get(_retrieve_identifier(study), model)
+            retrieval = _follow_retrieve(responses, "C-GET", study.study_uid)
+        finally:
+            assoc.release()
+        if retrieval.completed + retrieval.failed + retrieval.warning == 0:
+            # The PACS gave no counts: ours are what the sink actually saw.
+            retrieval.completed, retrieval.failed = tally.completed, tally.failed
+            retrieval.warning = tally.warning
+        return retrieval
+
+    def _store_handler(self, tally: StudyRetrieval) -> Callable[[Any], Dataset | int]:
+        """The EVT_C_STORE handler for a C-GET: hand the exact bytes to the sink."""
+
+        def handle_store(event: Any) -> Dataset | int:
+            try:
+                request = event.request
+                header = file_meta_header(
+                    str(request.AffectedSOPClassUID),
+                    str(request.AffectedSOPInstanceUID),
+                    str(event.context.transfer_syntax),
+                    self.config.called_ae,
+                )
+                result = self._sink(
+                    header + event.encoded_dataset(include_meta=False), self._origin
+                )
+            except Exception:
+                logger.exception("C-GET sink failed unexpectedly")
+                result = SinkResult(UNEXPECTED_FAILURE, "unexpected error while storing")
+            if result.status == _SUCCESS:
+                tally.completed += 1
+            elif result.status >> 12 == 0xB:
+                tally.warning += 1
+            else:
+                tally.failed += 1
+            return _store_status(result)
+
+        return handle_store
+
+    # -- C-MOVE --------------------------------------------------------------------------
+
+    def _move_study(self, study: StudyMatch) -> StudyRetrieval:
+        destination = self.config.move_destination
+        assert destination is not None  # QueryRetrieveConfig checks it for "move"
+        model = StudyRootQueryRetrieveInformationModelMove
+        assoc, error = self._associate([build_context(model)])
+        if assoc is None:
+            return StudyRetrieval(
+                study.study_uid, error=f"C-MOVE of study {study.study_uid}: {error}"
+            )
+        try:
+            responses = assoc.send_c_move(_retrieve_identifier(study), destination, model)
+            return _follow_retrieve(responses, "C-MOVE", study.study_uid)
+        finally:
+            assoc.release()
+
+    # -- association ---------------------------------------------------------------------
+
+    def _associate(
+        self,
+        contexts: list[PresentationContext],
+        *,
+        ext_neg: Sequence[Any] = (),
+        handlers: Iterable[tuple[Any, Callable[..., Any]]] = (),
+    ) -> tuple[Association | None, str]:
+        """An established association, or None and why not."""
+        ae = AE(ae_title=self.config.calling_ae)
+        ae.acse_timeout = self.config.network_timeout
+        ae.connection_timeout = self.config.network_timeout
+        ae.network_timeout = self.config.network_timeout
+        ae.dimse_timeout = self.config.dimse_timeout
+        ae.maximum_pdu_size = 1048576
+        rejection: list[Any] = []
+
+        def remember_rejection(event: Any) -> None:
+            if getattr(event.primitive, "result", None) in (0x01, 0x02):
+                rejection.append(event.primitive)
+
+        assoc = ae.associate(
+            self.config.host,
+            self.config.port,
+            contexts=contexts,
+            ae_title=self.config.called_ae,
+            ext_neg=list(ext_neg),
+            evt_handlers=[*handlers, (evt.EVT_ACSE_RECV, remember_rejection)],
+        )
+        if assoc.is_established:
+            return assoc, ""
+        peer = self.config.peer
+        if rejection:
+            rj = rejection[0]
+            return None, (
+                f"association rejected by {peer}: {rj.result_str}, {rj.source_str}, {rj.reason_str}"
+            )
+        if assoc.rejected_contexts and not assoc.accepted_contexts:
+            return None, f"{peer} accepted none of the proposed presentation contexts"
+        return None, f"could not associate with {peer} (unreachable, refused or aborted)"
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+_NO_RESPONSE = "no response from the PACS (connection lost, aborted or timed out)"
+
+
+def _want_everything(_study_uid: str, _instance_count: int | None) -> bool:
+    return True
+
+
+def _get_contexts(sop_classes: Sequence[str]) -> tuple[list[PresentationContext], list[Any]]:
+    """Storage contexts and SCP roles for a C-GET of a study holding ``sop_classes``.
+
+    A PACS sends an instance unchanged only over a context accepted with the instance's own
+    transfer syntax, and an acceptor picks one syntax per context, so each (class, syntax)
+    pair gets its own context, within the budget of 127. Without the study's SOP classes we
+    fall back to pynetdicom's common storage classes (the PACS may then transcode).
+    """
+    classes = list(dict.fromkeys(uid for uid in sop_classes if uid))[:_STORAGE_CONTEXT_BUDGET]
+    if classes:
+        per_class = max(1, _STORAGE_CONTEXT_BUDGET // len(classes))
+        syntaxes = RETRIEVE_TRANSFER_SYNTAXES[:per_class]
+        contexts = [build_context(uid, [syntax]) for uid in classes for syntax in syntaxes]
+    else:
+        contexts = [
+            build_context(context.abstract_syntax, [*context.transfer_syntax])
+            for context in StoragePresentationContexts[:_STORAGE_CONTEXT_BUDGET]
+            if context.abstract_syntax is not None
+        ]
+        classes = [str(context.abstract_syntax) for context in contexts]
+    return contexts, [build_role(uid, scp_role=True) for uid in classes]
+
+
+def _retrieve_identifier(study: StudyMatch) -> Dataset:
+    # Only the Study Instance UID: some PACS (Orthanc) prefer an Accession Number if present.
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "STUDY"
+    identifier.StudyInstanceUID = study.study_uid
+    return identifier
+
+
+def _follow_retrieve(
+    responses: Iterator[tuple[Dataset, Dataset | None]], operation: str, study_uid: str
+) -> StudyRetrieval:
+    """Read C-GET/C-MOVE responses up to the final one, keeping the latest counts."""
+    retrieval = StudyRetrieval(study_uid)
+    for status, _identifier in responses:
+        if "Status" not in status:
+            retrieval.error = f"{operation} of study {study_uid}: {_NO_RESPONSE}"
+            return retrieval
+        for attribute, name in _COUNT_ATTRIBUTES:
+            value = status.get(name)
+            if value is not None and value != "":
+                setattr(retrieval, attribute, int(value))
+        code = int(status.Status)
+        if code in _PENDING:
+            continue
+        retrieval.status = code
+        if code != _SUCCESS or retrieval.failed:
+            retrieval.error = (
+                f"{operation} of study {study_uid} ended with status {_hex(code)}"
+                f"{_comment(status)}: {retrieval.completed} completed, "
+                f"{retrieval.failed} failed, {retrieval.warning} warnings"
+            )
+    if retrieval.status is None and not retrieval.error:
+        retrieval.error = f"{operation} of study {study_uid}: no final response"
+    return retrieval
+
+
+_COUNT_ATTRIBUTES = (
+    ("completed", "NumberOfCompletedSuboperations"),
+    ("failed", "NumberOfFailedSuboperations"),
+    ("warning", "NumberOfWarningSuboperations"),
+)
+
+
+def _study_from_identifier(identifier: Dataset) -> StudyMatch:
+    count = identifier.get("NumberOfStudyRelatedInstances")
+    return StudyMatch(
+        study_uid=str(identifier.get("StudyInstanceUID", "") or "").strip(),
+        study_date=str(identifier.get("StudyDate", "") or "").strip(),
+        modalities=_strings(identifier.get("ModalitiesInStudy")),
+        instance_count=int(count) if count not in (None, "") else None,
+        patient_id=str(identifier.get("PatientID", "") or ""),
+        accession_number=str(identifier.get("AccessionNumber", "") or ""),
+        sop_classes=_strings(identifier.get("SOPClassesInStudy")),
+    )
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    """A possibly multi-valued element (pydicom gives a str or a MultiValue) as a tuple."""
+    if value is None:
+        return ()
+    items = [value] if isinstance(value, str) else list(value)
+    return tuple(text for text in (str(item).strip() for item in items) if text)
+
+
+def _parse_study_date(value: str) -> date | None:
+    try:
+        return datetime.strptime(value[:8], "%Y%m%d").date()
+    except ValueError:
+        return None
+
+
+def _store_status(result: SinkResult) -> Dataset | int:
+    if result.status == _SUCCESS:
+        return _SUCCESS
+    status = Dataset()
+    status.Status = result.status
+    if result.error_comment:
+        status.ErrorComment = result.error_comment[:64]  # LO: at most 64 characters
+    return status
+
+
+def _hex(code: int) -> str:
+    return f"0x{code:04X}"
+
+
+def _comment(status: Dataset) -> str:
+    comment = str(status.get("ErrorComment", "") or "").strip()
+    return f" ({comment})" if comment else ""
