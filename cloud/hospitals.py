@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cloud.errors import ArchiveError, InstanceNotFoundError, InvalidQueryError
 from cloud.models import (
+    Alert,
     GatewayHeartbeat,
     Hospital,
     Instance,
@@ -240,6 +241,13 @@ class HospitalRegistry:
                 for name, value in values.items():
                     setattr(row, name, value)
             session.commit()
+
+    def open_alerts(self, hospital: HospitalRef) -> list[dict[str, str]]:
+        with self._sessions() as session:
+            rows = session.scalars(
+                select(Alert).where(Alert.hospital_pk == hospital.pk, Alert.cleared_at.is_(None))
+            )
+            return [{"kind": row.kind, "message": row.message} for row in rows]
 
     def latest_heartbeats(self) -> dict[int, GatewayHeartbeat]:
         with self._sessions() as session:

@@ -2,6 +2,7 @@
 
 Supported matching: universal (empty value), single value, wildcard (``*`` ``?``) on strings,
 UID lists, date/time ranges, and case-insensitive Person Name matching on any component group.
+The same engine answers DIMSE C-FIND, which adds the patient level and a per-hospital scope.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from cloud.dataset import check_uid, name_groups
 from cloud.errors import ArchiveError, InvalidQueryError
 from cloud.models import Instance, Patient, Series, Study
 
-Level = Literal["study", "series", "instance"]
+Level = Literal["study", "series", "instance"]  # the QIDO-RS levels
+QueryLevel = Literal["patient", "study", "series", "instance"]  # C-FIND adds the patient level
 _LEVEL_RANK = {"patient": 0, "study": 1, "series": 2, "instance": 3}
 _DATE = re.compile(r"^\d{8}$")
 _TIME = re.compile(r"^\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?$")
@@ -83,14 +85,19 @@ ATTRIBUTES: dict[str, Attribute] = {
 
 @dataclass
 class Query:
-    """A QIDO search: the level, the matching keys, the scope from the path, and paging."""
+    """A search: the level, the matching keys, the scope from the path, and paging.
 
-    level: Level
+    ``hospital_pk`` restricts the search to the studies that hospital uploaded (and, at the
+    patient level, to patients with at least one such study); None searches everything.
+    """
+
+    level: QueryLevel
     filters: dict[str, str] = field(default_factory=dict)
     study_instance_uid: str | None = None
     series_instance_uid: str | None = None
     limit: int | None = None
     offset: int = 0
+    hospital_pk: int | None = None
 
 
 @dataclass
@@ -101,7 +108,7 @@ class Match:
     representative_instance_pk: int | None
 
 
-def matchable(keyword: str, level: Level) -> bool:
+def matchable(keyword: str, level: QueryLevel) -> bool:
     """Whether the index can match ``keyword`` at ``level`` (its own or a higher level)."""
     attribute = ATTRIBUTES.get(keyword)
     return attribute is not None and _LEVEL_RANK[attribute.level] <= _LEVEL_RANK[level]
@@ -193,7 +200,7 @@ def _apply_filters(statement: Select[Any], query: Query) -> Select[Any]:
     return statement
 
 
-def _columns_up_to(level: Level) -> list[Attribute]:
+def _columns_up_to(level: QueryLevel) -> list[Attribute]:
     return [
         a
         for a in ATTRIBUTES.values()
@@ -202,11 +209,20 @@ def _columns_up_to(level: Level) -> list[Attribute]:
 
 
 def search(session: Session, query: Query) -> list[Match]:
-    """Run ``query`` and return one `Match` per study, series or instance."""
+    """Run ``query`` and return one `Match` per patient, study, series or instance."""
     attributes = _columns_up_to(query.level)
     statement: Select[Any] = select(*(a.column for a in attributes), _pk_of(query.level))
     statement = statement.select_from(Patient)
-    statement = statement.join(Study, Study.patient_pk == Patient.pk)
+    if query.level == "patient":
+        # A patient is a result only through a study in scope, never for being in the index.
+        studies = select(Study.pk).where(Study.patient_pk == Patient.pk)
+        if query.hospital_pk is not None:
+            studies = studies.where(Study.hospital_pk == query.hospital_pk)
+        statement = statement.where(studies.exists())
+    else:
+        statement = statement.join(Study, Study.patient_pk == Patient.pk)
+        if query.hospital_pk is not None:
+            statement = statement.where(Study.hospital_pk == query.hospital_pk)
     if query.level in ("series", "instance"):
         statement = statement.join(Series, Series.study_pk == Study.pk)
     if query.level == "instance":
@@ -217,15 +233,22 @@ def search(session: Session, query: Query) -> list[Match]:
         statement = statement.limit(query.limit)
     rows = session.execute(statement).all()
     matches = [Match({a.keyword: row[i] for i, a in enumerate(attributes)}, None) for row in rows]
-    _add_aggregates(session, query.level, matches, [row[-1] for row in rows])
+    pks = [row[-1] for row in rows]
+    if query.level == "patient":
+        _add_patient_aggregates(session, matches, pks, query.hospital_pk)
+    else:
+        _add_aggregates(session, query.level, matches, pks)
     return matches
 
 
-def _pk_of(level: Level) -> InstrumentedAttribute[int]:
-    return {"study": Study.pk, "series": Series.pk, "instance": Instance.pk}[level]
+def _pk_of(level: QueryLevel) -> InstrumentedAttribute[int]:
+    levels = {"patient": Patient.pk, "study": Study.pk, "series": Series.pk}
+    return levels.get(level, Instance.pk)
 
 
-def _order(level: Level) -> Sequence[Any]:
+def _order(level: QueryLevel) -> Sequence[Any]:
+    if level == "patient":
+        return (Patient.pk,)
     if level == "study":
         return (Study.study_date.desc(), Study.pk)
     if level == "series":
@@ -254,6 +277,24 @@ def _add_aggregates(session: Session, level: Level, matches: list[Match], pks: l
         _, count, first = by_pk.get(pk, (pk, 0, None))
         match.attributes["NumberOfSeriesRelatedInstances"] = count
         match.representative_instance_pk = first
+
+
+def _add_patient_aggregates(
+    session: Session, matches: list[Match], pks: list[int], hospital_pk: int | None
+) -> None:
+    """Number of Patient Related Studies, counted within the same hospital scope."""
+    if not pks:
+        return
+    statement = (
+        select(Study.patient_pk, func.count(Study.pk))
+        .where(Study.patient_pk.in_(pks))
+        .group_by(Study.patient_pk)
+    )
+    if hospital_pk is not None:
+        statement = statement.where(Study.hospital_pk == hospital_pk)
+    counts = dict(session.execute(statement).tuples().all())
+    for match, pk in zip(matches, pks, strict=True):
+        match.attributes["NumberOfPatientRelatedStudies"] = counts.get(pk, 0)
 
 
 def _add_study_aggregates(session: Session, matches: list[Match], pks: list[int]) -> None:

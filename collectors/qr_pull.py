@@ -439,7 +439,7 @@ class QueryRetrievePuller:
             )
             for status, identifier in responses:
                 if "Status" not in status:
-                    report.errors.append(f"C-FIND: {_NO_RESPONSE}")
+                    report.errors.append(f"C-FIND: {_no_response(assoc)}")
                     break
                 code = int(status.Status)
                 if code in _PENDING and identifier is not None:
@@ -496,7 +496,7 @@ class QueryRetrievePuller:
             )
         try:
             responses = assoc.send_c_get(_retrieve_identifier(study), model)
-            retrieval = _follow_retrieve(responses, "C-GET", study.study_uid)
+            retrieval = _follow_retrieve(assoc, responses, "C-GET", study.study_uid)
         finally:
             assoc.release()
         if retrieval.completed + retrieval.failed + retrieval.warning == 0:
@@ -546,7 +546,7 @@ class QueryRetrievePuller:
             )
         try:
             responses = assoc.send_c_move(_retrieve_identifier(study), destination, model)
-            return _follow_retrieve(responses, "C-MOVE", study.study_uid)
+            return _follow_retrieve(assoc, responses, "C-MOVE", study.study_uid)
         finally:
             assoc.release()
 
@@ -595,7 +595,16 @@ class QueryRetrievePuller:
 
 # -- helpers ---------------------------------------------------------------------------------
 
-_NO_RESPONSE = "no response from the PACS (connection lost, aborted or timed out)"
+
+def _no_response(assoc: Association) -> str:
+    assoc.release()  # waits for the association to end, so an abort has been noted
+    if assoc.is_aborted:
+        # What PACS typically do to a calling AE title they do not allow to query/retrieve.
+        return (
+            f"the PACS aborted the association (does it allow {assoc.requestor.ae_title!r} "
+            "to query and retrieve?)"
+        )
+    return "no response from the PACS (connection lost or timed out)"
 
 
 def _want_everything(_study_uid: str, _instance_count: int | None) -> bool:
@@ -634,13 +643,16 @@ def _retrieve_identifier(study: StudyMatch) -> Dataset:
 
 
 def _follow_retrieve(
-    responses: Iterator[tuple[Dataset, Dataset | None]], operation: str, study_uid: str
+    assoc: Association,
+    responses: Iterator[tuple[Dataset, Dataset | None]],
+    operation: str,
+    study_uid: str,
 ) -> StudyRetrieval:
     """Read C-GET/C-MOVE responses up to the final one, keeping the latest counts."""
     retrieval = StudyRetrieval(study_uid)
     for status, _identifier in responses:
         if "Status" not in status:
-            retrieval.error = f"{operation} of study {study_uid}: {_NO_RESPONSE}"
+            retrieval.error = f"{operation} of study {study_uid}: {_no_response(assoc)}"
             return retrieval
         for attribute, name in _COUNT_ATTRIBUTES:
             value = status.get(name)

@@ -130,6 +130,16 @@ class CloudLink:
         held = response.json().get("instances", {})
         return {str(k): str(v) for k, v in held.items()}
 
+    def study_manifest(self, study_uid: str) -> dict[str, str]:
+        """SOP Instance UID -> SHA-256 of what the cloud holds of a study (empty if nothing)."""
+        try:
+            response = self._request("GET", f"{API}/studies/{study_uid}/manifest")
+        except CloudLinkError as exc:
+            if exc.status == 404:
+                return {}
+            raise
+        return {i["sop_instance_uid"]: i["sha256"] for i in response.json()["instances"]}
+
     def heartbeat(self, report: dict[str, Any]) -> dict[str, Any]:
         return dict(self._request("POST", f"{API}/heartbeat", json=report).json())
 

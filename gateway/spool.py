@@ -356,6 +356,10 @@ class Spool:
                             (row["sha256"],),
                         )
                         count += 1
+            db.execute(
+                "UPDATE studies SET reconciled_at = NULL WHERE study_instance_uid = ?",
+                (study_uid,),
+            )
         return count
 
     def note_error(self, message: str, *, failure: bool = False) -> None:
@@ -372,6 +376,22 @@ class Spool:
                     " at = excluded.at",
                     (now,),
                 )
+
+    def remember(self, name: str, value: str) -> None:
+        """Keep a small named fact (e.g. the cloud's last heartbeat answer) for `status`."""
+        with self._db() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO events (name, value, at) VALUES (?, ?, ?)",
+                (name, value, time.time()),
+            )
+
+    def recall(self, name: str) -> str | None:
+        row = (
+            self._connection()
+            .execute("SELECT value FROM events WHERE name = ?", (name,))
+            .fetchone()
+        )
+        return None if row is None else str(row[0])
 
     # -- audit ----------------------------------------------------------------------------
 

@@ -9,10 +9,14 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
+from cloud.archive import Archive
 from cloud.errors import ArchiveError
+from gateway.config import GatewayConfigError
+from imaging_cloud.gateway_cli import add_gateway_commands
 from imaging_cloud.settings import Settings, load_settings
 
 
@@ -81,6 +85,68 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_archive_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", type=Path, help="the cloud node's data dir")
+    parser.add_argument("--database-url", help="index URL; default SQLite in the data dir")
+    parser.add_argument("--blob-url", help="blob store URL; default file:// in the data dir")
+
+
+def _open_archive(args: argparse.Namespace) -> Archive:
+    settings = load_settings(
+        data_dir=args.data_dir, database_url=args.database_url, blob_url=args.blob_url
+    )
+    return Archive.open(settings.data_dir, settings.database_url, settings.blob_url)
+
+
+def _add_hospital(args: argparse.Namespace) -> int:
+    archive = _open_archive(args)
+    try:
+        credential = archive.hospitals.add_hospital(
+            args.hospital_id,
+            args.name,
+            ae_title=args.gateway_ae_title or "",
+            dicom_host=args.gateway_host or "",
+            dicom_port=args.gateway_port,
+        )
+    finally:
+        archive.close()
+    # Only the credential on stdout, so `CRED=$(imaging-cloud admin add-hospital ...)` works.
+    print(credential)
+    return 0
+
+
+def _send_back(args: argparse.Namespace) -> int:
+    archive = _open_archive(args)
+    try:
+        hospital = archive.hospitals.by_id(args.hospital_id)
+        if hospital is None:
+            print(f"imaging-cloud: hospital {args.hospital_id} is not registered", file=sys.stderr)
+            return 1
+        pk = archive.hospitals.request_send_back(hospital, args.study)
+    finally:
+        archive.close()
+    print(f"send-back {pk} queued: {args.study} -> {args.hospital_id}")
+    return 0
+
+
+def _add_admin_commands(commands: Any) -> None:
+    admin = commands.add_parser("admin", help="administer the cloud node's hospitals")
+    actions = admin.add_subparsers(dest="admin_command", required=True)
+    add = actions.add_parser("add-hospital", help="register a hospital; prints its credential")
+    _add_archive_options(add)
+    add.add_argument("--hospital-id", required=True)
+    add.add_argument("--name", required=True)
+    add.add_argument("--gateway-ae-title", help="AE title its gateway uses for DIMSE Q/R")
+    add.add_argument("--gateway-host", help="where its gateway accepts C-STORE (send-back)")
+    add.add_argument("--gateway-port", type=int)
+    add.set_defaults(handler=_add_hospital)
+    back = actions.add_parser("send-back", help="send a study back to its hospital's PACS")
+    _add_archive_options(back)
+    back.add_argument("--hospital-id", required=True)
+    back.add_argument("--study", required=True, help="Study Instance UID")
+    back.set_defaults(handler=_send_back)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="imaging-cloud", description=__doc__)
     parser.add_argument("--log-level", default=os.environ.get("IMAGING_CLOUD_LOG_LEVEL", "INFO"))
@@ -92,6 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     _add_node_options(demo)
     demo.add_argument("--samples", type=Path, help="folder of real DICOM samples to load too")
     demo.set_defaults(handler=_demo)
+    _add_admin_commands(commands)
+    add_gateway_commands(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -102,6 +170,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args))
     except ValidationError as exc:
         print(f"imaging-cloud: invalid settings:\n{exc}", file=sys.stderr)
+        return 2
+    except GatewayConfigError as exc:
+        print(f"imaging-cloud: {exc}", file=sys.stderr)
         return 2
     except ArchiveError as exc:
         print(f"imaging-cloud: {exc.title}: {exc.detail}", file=sys.stderr)

@@ -97,7 +97,25 @@ def _valid_uid(uid: str, name: str) -> str:
 @router.post("/heartbeat")
 async def heartbeat(beat: Heartbeat, hospital: HospitalDep, archive: ArchiveDep) -> dict[str, Any]:
     await run_in_threadpool(archive.hospitals.record_heartbeat, hospital, beat.model_dump())
-    return {"hospital_id": hospital.hospital_id, "recorded": True}
+    alerts = await run_in_threadpool(archive.hospitals.open_alerts, hospital)
+    return {"hospital_id": hospital.hospital_id, "recorded": True, "alerts": alerts}
+
+
+@router.get("/studies/{study}/manifest")
+async def manifest(study: str, hospital: HospitalDep, archive: ArchiveDep) -> dict[str, Any]:
+    _valid_uid(study, "StudyInstanceUID")
+    held = await run_in_threadpool(archive.hospitals.study_manifest, hospital, study)
+    return {
+        "study_instance_uid": study,
+        "instances": [
+            {
+                "sop_instance_uid": item.sop_instance_uid,
+                "series_instance_uid": item.series_instance_uid,
+                "sha256": item.sha256,
+            }
+            for item in held
+        ],
+    }
 
 
 @router.post("/instances/held")
