@@ -15,7 +15,7 @@ import ftplib
 import logging
 import re
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -155,7 +155,7 @@ class FtpFolder:
         return [line.decode("utf-8", "surrogateescape") for line in raw.split(b"\r\n") if line]
 
     def _parsed(
-        self, lines: list[str], parse: type[_Parser] | _ParserFunction
+        self, lines: list[str], parse: Callable[[str], RemoteEntry | None]
     ) -> list[RemoteEntry]:
         entries = []
         for line in lines:

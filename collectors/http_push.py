@@ -94,7 +94,9 @@ def create_push_app(sink: IntakeSink, *, credential: str | None, max_body_bytes:
         del body  # the parts hold their own copies
         if not parts:
             raise PushProblem(400, "Malformed multipart body", "the body holds no parts")
-        received = [_Received(_bare_type(p.content_type) or DICOM, p.content) for p in parts]
+        received = [
+            _Received(_bare_type(p.content_type) or DICOM, _with_preamble(p.content)) for p in parts
+        ]
         return await _hand_over(sink, received, _origin(request))
 
     @app.post("/instances")
@@ -108,7 +110,7 @@ def create_push_app(sink: IntakeSink, *, credential: str | None, max_body_bytes:
         body = await _read_body(request, max_body_bytes)
         if not body:
             raise PushProblem(400, "Empty body", "the request carries no DICOM object")
-        return await _hand_over(sink, [_Received(DICOM, body)], _origin(request))
+        return await _hand_over(sink, [_Received(DICOM, _with_preamble(body))], _origin(request))
 
     return app
 
@@ -149,6 +151,18 @@ def _bare_type(content_type: str | None) -> str | None:
     if not content_type:
         return None
     return content_type.split(";")[0].strip().lower()
+
+
+def _with_preamble(data: bytes) -> bytes:
+    """Part-10 bytes for an object sent as File Meta + dataset without the preamble.
+
+    dicomweb-client (and pydicom's ``dcmwrite`` under it) writes a dataset built in memory
+    without the 128-byte preamble and ``DICM``; the sink is promised Part-10, so the two are
+    put in front. Nothing else is touched: the File Meta and dataset stay the bytes received.
+    """
+    if data[128:132] != b"DICM" and data[:2] == b"\x02\x00":  # starts with a (0002,xxxx) tag
+        return b"\0" * 128 + b"DICM" + data
+    return data
 
 
 def _origin(request: Request) -> str:

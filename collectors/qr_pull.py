@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
@@ -426,20 +427,27 @@ class QueryRetrievePuller:
 
     # -- C-FIND --------------------------------------------------------------------------
 
-    def find_studies(self, report: PullReport) -> list[StudyMatch]:
-        """Studies in the date window (and modalities), deduplicated and checked by us too."""
-        assoc, error = self._associate([build_context(StudyRootQueryRetrieveInformationModelFind)])
+    def find_studies(self, report: PullReport | None = None) -> list[StudyMatch]:
+        """The studies in the date window (and modalities), deduplicated and checked by us too.
+
+        Problems go to ``report.errors``; after a failed query nothing is returned, so a
+        poll retrieves nothing rather than acting on a partial answer.
+        """
+        report = report if report is not None else PullReport()
+        model = StudyRootQueryRetrieveInformationModelFind
+        assoc, error = self._associate([build_context(model)])
         if assoc is None:
-            report.errors.append(f"C-FIND: {error}")
+            report.errors.append(f"C-FIND failed: {error}")
             return []
+        today = self._today()  # once, so the query and our own check agree at midnight
         found: dict[str, StudyMatch] = {}
+        failure = ""
         try:
-            responses = assoc.send_c_find(
-                self._study_query(), StudyRootQueryRetrieveInformationModelFind
-            )
-            for status, identifier in responses:
+            for status, identifier, waited in _timed(
+                assoc.send_c_find(self._study_query(today), model)
+            ):
                 if "Status" not in status:
-                    report.errors.append(f"C-FIND: {_no_response(assoc)}")
+                    failure = _no_response(assoc, waited)
                     break
                 code = int(status.Status)
                 if code in _PENDING and identifier is not None:
@@ -447,17 +455,20 @@ class QueryRetrievePuller:
                     if match.study_uid:
                         found.setdefault(match.study_uid, match)
                 elif code not in _PENDING and code != _SUCCESS:
-                    report.errors.append(f"C-FIND failed: status {_hex(code)}{_comment(status)}")
+                    failure = f"status {_hex(code)}{_comment(status)}"
         finally:
             assoc.release()
         report.studies_queried = len(found)
-        return [study for study in found.values() if self._matches(study)]
+        if failure:
+            report.errors.append(f"C-FIND failed: {failure}")
+            return []
+        return [study for study in found.values() if self._matches(study, today)]
 
-    def _study_query(self) -> Dataset:
+    def _study_query(self, today: date) -> Dataset:
         query = Dataset()
         query.QueryRetrieveLevel = "STUDY"
         query.StudyInstanceUID = ""
-        query.StudyDate = self.config.window.dicom_range(self._today())
+        query.StudyDate = self.config.window.dicom_range(today)
         query.ModalitiesInStudy = "\\".join(self.config.modalities)
         query.NumberOfStudyRelatedInstances = ""
         query.PatientID = ""
@@ -466,14 +477,14 @@ class QueryRetrievePuller:
         query.SOPClassesInStudy = ""
         return query
 
-    def _matches(self, study: StudyMatch) -> bool:
+    def _matches(self, study: StudyMatch, today: date) -> bool:
         """Our own check of the window and modalities, for PACS that ignore those keys.
 
         A study without a (parsable) date or modality list is kept: better pulled once
         more than never.
         """
         day = _parse_study_date(study.study_date)
-        if day is not None and not self.config.window.contains(day, self._today()):
+        if day is not None and not self.config.window.contains(day, today):
             return False
         wanted_modalities = set(self.config.modalities)
         if wanted_modalities and study.modalities:
@@ -492,7 +503,7 @@ class QueryRetrievePuller:
         )
         if assoc is None:
             return StudyRetrieval(
-                study.study_uid, error=f"C-GET of study {study.study_uid}: {error}"
+                study.study_uid, error=f"C-GET of study {study.study_uid} failed: {error}"
             )
         try:
             responses = assoc.send_c_get(_retrieve_identifier(study), model)
@@ -542,7 +553,7 @@ class QueryRetrievePuller:
         assoc, error = self._associate([build_context(model)])
         if assoc is None:
             return StudyRetrieval(
-                study.study_uid, error=f"C-MOVE of study {study.study_uid}: {error}"
+                study.study_uid, error=f"C-MOVE of study {study.study_uid} failed: {error}"
             )
         try:
             responses = assoc.send_c_move(_retrieve_identifier(study), destination, model)
@@ -596,15 +607,27 @@ class QueryRetrievePuller:
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def _no_response(assoc: Association) -> str:
-    assoc.release()  # waits for the association to end, so an abort has been noted
-    if assoc.is_aborted:
-        # What PACS typically do to a calling AE title they do not allow to query/retrieve.
-        return (
-            f"the PACS aborted the association (does it allow {assoc.requestor.ae_title!r} "
-            "to query and retrieve?)"
-        )
-    return "no response from the PACS (connection lost or timed out)"
+def _timed(
+    responses: Iterator[tuple[Dataset, Dataset | None]],
+) -> Iterator[tuple[Dataset, Dataset | None, float]]:
+    """The responses, each with the seconds waited for it (to tell a timeout from an abort)."""
+    since = time.monotonic()
+    for status, identifier in responses:
+        now = time.monotonic()
+        yield status, identifier, now - since
+        since = time.monotonic()
+
+
+def _no_response(assoc: Association, waited: float) -> str:
+    timeout = assoc.dimse_timeout
+    if timeout is not None and waited >= 0.9 * timeout:
+        return f"no response from the PACS within {timeout:g} s"
+    # Cut off well before the timeout: what many PACS do to a calling AE title they do not
+    # let query or retrieve.
+    return (
+        "the PACS aborted the association or closed the connection "
+        f"(does it let {assoc.requestor.ae_title!r} query and retrieve?)"
+    )
 
 
 def _want_everything(_study_uid: str, _instance_count: int | None) -> bool:
@@ -650,9 +673,11 @@ def _follow_retrieve(
 ) -> StudyRetrieval:
     """Read C-GET/C-MOVE responses up to the final one, keeping the latest counts."""
     retrieval = StudyRetrieval(study_uid)
-    for status, _identifier in responses:
+    for status, _identifier, waited in _timed(responses):
         if "Status" not in status:
-            retrieval.error = f"{operation} of study {study_uid}: {_no_response(assoc)}"
+            retrieval.error = (
+                f"{operation} of study {study_uid} failed: {_no_response(assoc, waited)}"
+            )
             return retrieval
         for attribute, name in _COUNT_ATTRIBUTES:
             value = status.get(name)
@@ -669,7 +694,7 @@ def _follow_retrieve(
                 f"{retrieval.failed} failed, {retrieval.warning} warnings"
             )
     if retrieval.status is None and not retrieval.error:
-        retrieval.error = f"{operation} of study {study_uid}: no final response"
+        retrieval.error = f"{operation} of study {study_uid} failed: no final response"
     return retrieval
 
 
@@ -681,12 +706,11 @@ _COUNT_ATTRIBUTES = (
 
 
 def _study_from_identifier(identifier: Dataset) -> StudyMatch:
-    count = identifier.get("NumberOfStudyRelatedInstances")
     return StudyMatch(
         study_uid=str(identifier.get("StudyInstanceUID", "") or "").strip(),
         study_date=str(identifier.get("StudyDate", "") or "").strip(),
         modalities=_strings(identifier.get("ModalitiesInStudy")),
-        instance_count=int(count) if count not in (None, "") else None,
+        instance_count=_count(identifier.get("NumberOfStudyRelatedInstances")),
         patient_id=str(identifier.get("PatientID", "") or ""),
         accession_number=str(identifier.get("AccessionNumber", "") or ""),
         sop_classes=_strings(identifier.get("SOPClassesInStudy")),
@@ -699,6 +723,14 @@ def _strings(value: Any) -> tuple[str, ...]:
         return ()
     items = [value] if isinstance(value, str) else list(value)
     return tuple(text for text in (str(item).strip() for item in items) if text)
+
+
+def _count(value: Any) -> int | None:
+    """An IS count, or None when absent or garbled (the ``wanted`` callback then decides)."""
+    try:
+        return None if value is None or value == "" else int(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _parse_study_date(value: str) -> date | None:

@@ -153,7 +153,7 @@ class QueryRetrieveSCP:
             destination = self._provider.move_destination(move_ae, calling)
             if destination is None:
                 raise QueryRefused(
-                    MOVE_DESTINATION_UNKNOWN, f"move destination {move_ae} is not known to you"
+                    MOVE_DESTINATION_UNKNOWN, f"move destination {move_ae} is unknown for {calling}"
                 )
             items = self._provider.retrieve(level, event.identifier, calling)
         except QueryRefused as refused:
@@ -177,7 +177,7 @@ def _level(identifier: Dataset, sop_class_uid: str) -> RetrieveLevel:
         raise QueryRefused(IDENTIFIER_DOES_NOT_MATCH, f"QueryRetrieveLevel {level!r} is unknown")
     if level == "PATIENT" and sop_class_uid in _STUDY_ROOT:
         raise QueryRefused(IDENTIFIER_DOES_NOT_MATCH, "Study Root has no PATIENT level")
-    return level  # type: ignore[return-value]  # checked against _LEVELS just above
+    return level
 
 
 def _status(status: int, comment: str) -> Dataset:

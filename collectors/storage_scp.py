@@ -3,6 +3,7 @@
 The SCP knows nothing of where objects go: the cloud node gives it a sink that ingests into
 the archive, the hospital gateway one that spools. Each received object is passed on as the
 exact bytes the peer sent (wrapped in Part-10 File Meta), never decoded and re-encoded.
+Given a Query/Retrieve provider, the same AE also answers C-FIND, C-GET and C-MOVE.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from collectors.intake import UNEXPECTED_FAILURE, SinkResult
 from collectors.part10 import file_meta_header
+from collectors.qr_scp import QUERY_RETRIEVE_SOP_CLASSES, QueryRetrieveProvider, QueryRetrieveSCP
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +78,11 @@ Sink = Callable[[ReceivedObject], SinkResult]
 
 
 class StorageSCP:
-    """A pynetdicom AE serving C-ECHO and C-STORE on one port, in background threads."""
+    """A pynetdicom AE serving C-ECHO and C-STORE (and Q/R) on one port, in background threads.
+
+    With ``qr_provider`` it also answers Patient and Study Root C-FIND, C-GET and C-MOVE, and
+    accepts the storage SCP role a C-GET requestor proposes for its sub-operations.
+    """
 
     def __init__(
         self,
@@ -86,8 +92,10 @@ class StorageSCP:
         host: str = "127.0.0.1",
         port: int = 11112,
         max_pdu_size: int = 1048576,
+        qr_provider: QueryRetrieveProvider | None = None,
     ) -> None:
         self._sink = sink
+        self._qr = None if qr_provider is None else QueryRetrieveSCP(qr_provider)
         self._host = host
         self._port = port
         self._server: Any = None
@@ -97,9 +105,16 @@ class StorageSCP:
         self._ae.network_timeout = 60
         self._ae.dimse_timeout = 120
         self._ae.add_supported_context(Verification)
+        # C-GET sends over the requestor's association, so it must be allowed to be SCP there.
+        reverse_roles = {"scu_role": True, "scp_role": True} if self._qr else {}
         for context in AllStoragePresentationContexts:
             if context.abstract_syntax is not None:
-                self._ae.add_supported_context(context.abstract_syntax, STORAGE_TRANSFER_SYNTAXES)
+                self._ae.add_supported_context(
+                    context.abstract_syntax, STORAGE_TRANSFER_SYNTAXES, **reverse_roles
+                )
+        if self._qr is not None:
+            for sop_class in QUERY_RETRIEVE_SOP_CLASSES:
+                self._ae.add_supported_context(sop_class)
         self.ready = threading.Event()
 
     @property
@@ -116,6 +131,8 @@ class StorageSCP:
             (evt.EVT_C_ECHO, _handle_echo),
             (evt.EVT_C_STORE, self._handle_store),
         ]
+        if self._qr is not None:
+            handlers += self._qr.handlers()
         self._server = self._ae.start_server(
             (self._host, self._port), block=False, evt_handlers=handlers
         )

@@ -1,4 +1,4 @@
-"""An all-in-one node: the archive, its C-STORE SCP and its HTTP API in one process."""
+"""An all-in-one node: the archive, its DICOM SCP (store, Q/R) and its HTTP API in one process."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import uvicorn
 from cloud.archive import Archive
 from cloud.errors import ArchiveError
 from collectors.storage_scp import ReceivedObject, Sink, SinkResult, StorageSCP
+from imaging_cloud.dimse_qr import ArchiveQueryRetrieve
 from imaging_cloud.settings import Settings
 from viewer_api.app import create_app
 from viewer_api.deps import ApiSettings
@@ -55,6 +56,7 @@ class Node:
             host=s.dicom_host,
             port=s.dicom_port,
             max_pdu_size=s.max_pdu_size,
+            qr_provider=ArchiveQueryRetrieve(self.archive),
         )
         self.app = create_app(
             self.archive,

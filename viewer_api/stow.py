@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from typing import Any
 
+import pydicom
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from cloud.archive import Archive
-from cloud.dataset import check_uid, parse_part10
+from cloud.dataset import check_uid
 from cloud.errors import ArchiveError
 from cloud.hospitals import HospitalRef
 from collectors.multipart import BodyPart, parse_media_type, split_multipart
@@ -110,11 +112,20 @@ def _store_all(
 
 
 def _uids_of(data: bytes) -> tuple[str, str]:
-    """Best-effort SOP Class / Instance UIDs of a refused object, for the failure report."""
+    """Best-effort SOP Class / Instance UIDs of a refused object, for the failure report.
+
+    Read leniently and without pixel data: a sender needs to know *which* object was
+    refused even when the refusal is about its damaged body.
+    """
     try:
-        _, parsed = parse_part10(data)
-        return parsed.sop_class_uid, parsed.sop_instance_uid
-    except ArchiveError:
+        dataset = pydicom.dcmread(
+            io.BytesIO(data),
+            force=True,
+            stop_before_pixels=True,
+            specific_tags=["SOPClassUID", "SOPInstanceUID"],
+        )
+        return str(dataset.get("SOPClassUID", "")), str(dataset.get("SOPInstanceUID", ""))
+    except Exception:  # any damage at all: report the failure without UIDs
         return "", ""
 
 

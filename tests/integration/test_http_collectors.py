@@ -101,9 +101,14 @@ def _sop_uid(data: bytes) -> str:
 def _dataset_bytes(part10: bytes) -> bytes:
     """The encoded dataset after the File Meta group (a sender may rewrite the meta)."""
     assert part10[128:132] == b"DICM"
-    group, element, vr, _, length = struct.unpack_from("<HH2sHI", part10, 132)
-    assert (group, element, vr) == (2, 0, b"UL"), "File Meta without group length"
-    return part10[144 + length :]
+    position = 132
+    while struct.unpack_from("<H", part10, position)[0] == 0x0002:  # File Meta: explicit VR LE
+        vr = part10[position + 4 : position + 6]
+        if vr in (b"OB", b"OW", b"UN", b"SQ", b"UT", b"UC", b"UR"):
+            position += 12 + struct.unpack_from("<I", part10, position + 8)[0]
+        else:
+            position += 8 + struct.unpack_from("<H", part10, position + 6)[0]
+    return part10[position:]
 
 
 def _part10(ds: Dataset) -> bytes:
@@ -326,13 +331,29 @@ def test_http_errors_are_clear(hospital: Hospital) -> None:
     assert sink.received == []
 
 
+class _ProtectedOrthanc(OrthancServer):
+    """Orthanc with HTTP basic authentication; the readiness probe must log in too."""
+
+    USER = ("gateway", "s3cret-pw")
+
+    def __init__(self) -> None:
+        user, password = self.USER
+        protected = {"AuthenticationEnabled": True, "RegisteredUsers": {user: password}}
+        super().__init__(config_overrides=protected)
+
+    def _http_up(self, client: httpx.Client) -> bool:
+        try:
+            return client.get(f"{self.base_url}/system", auth=self.USER).status_code == 200
+        except httpx.TransportError:
+            return False
+
+
 @pytest.mark.needs_orthanc
 def test_basic_authentication_against_a_protected_orthanc() -> None:
     if not orthanc_available():
         pytest.skip("Orthanc + DICOMweb plugin not installed")
-    protected = {"AuthenticationEnabled": True, "RegisteredUsers": {"gateway": "s3cret-pw"}}
     study_uid, files = _ct_study(TODAY, slices=2)
-    with OrthancServer(config_overrides=protected) as orthanc:
+    with _ProtectedOrthanc() as orthanc:
         with httpx.Client(auth=("gateway", "s3cret-pw"), timeout=30) as http:
             for data in files:
                 assert http.post(f"{orthanc.base_url}/instances", content=data).status_code == 200
@@ -441,7 +462,7 @@ def _multipart_body(payloads: list[bytes], boundary: str = "b0undary") -> bytes:
 def test_stream_reader_agrees_with_split_multipart_at_any_chunking(seed: int) -> None:
     rng = random.Random(seed)
     payloads = [rng.randbytes(rng.randint(0, 3000)) for _ in range(rng.randint(1, 6))]
-    payloads.append(b"\r\n--b0undar\r\n--b0undaryX")  # near-delimiters inside a payload
+    payloads.append(b"\r\n--b0undar\r\nX--b0undary")  # near-delimiters inside a payload
     body = _multipart_body(payloads)
     chunks, position = [], 0
     while position < len(body):
@@ -545,10 +566,12 @@ def _assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
 
 
 def test_dicomweb_client_stores_through_stow(receiver: Receiver) -> None:
-    datasets = _small_ct(3)
-    originals = {str(ds.SOPInstanceUID): to_part10(ds) for ds in datasets}  # adds File Meta
+    built = _small_ct(2)  # made in memory: dicomweb-client sends them without a preamble
+    originals = {str(ds.SOPInstanceUID): to_part10(ds) for ds in built}  # adds File Meta
+    read = [pydicom.dcmread(io.BytesIO(to_part10(ds))) for ds in _small_ct(2)]  # as from files
+    originals |= {str(ds.SOPInstanceUID): _part10(ds) for ds in read}
     web = DICOMwebClient(url=receiver.url, headers=AUTH)
-    answer = web.store_instances(datasets)
+    answer = web.store_instances([*built, *read])
 
     referenced = answer.ReferencedSOPSequence
     assert sorted(str(item.ReferencedSOPInstanceUID) for item in referenced) == sorted(originals)
@@ -704,7 +727,9 @@ def test_create_push_app_refuses_bad_settings() -> None:
 
 
 def test_dicomweb_client_sees_a_refusal_as_an_http_error(receiver: Receiver) -> None:
+    (ds,) = _small_ct(1)
+    to_part10(ds)  # dicomweb-client encodes with the File Meta's transfer syntax
     web = DICOMwebClient(url=receiver.url, headers={"Authorization": "Bearer nope"})
     with pytest.raises(HTTPError) as refused:
-        web.store_instances(_small_ct(1))
+        web.store_instances([ds])
     assert refused.value.response.status_code == 401

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
@@ -19,6 +20,10 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import ImplicitVRLittleEndian, MRImageStorage
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    StudyRootQueryRetrieveInformationModelFind,
+)
 
 from collectors.intake import OUT_OF_RESOURCES, SUCCESS, SinkResult
 from collectors.qr_pull import (
@@ -32,9 +37,12 @@ from imaging_cloud.synthetic import PatientSpec, StudySpec, ct_series, to_part10
 from tests.support.orthanc import OrthancServer, free_port, orthanc_available
 from tests.support.samples import samples_root
 
-needs_orthanc = pytest.mark.skipif(
-    not orthanc_available(), reason="Orthanc (with its DICOMweb plugin) is not installed"
-)
+
+def needs_orthanc(test: Callable[..., None]) -> Callable[..., None]:
+    skip = pytest.mark.skipif(not orthanc_available(), reason="Orthanc is not installed")
+    return pytest.mark.needs_orthanc(skip(test))  # type: ignore[no-any-return]
+
+
 GATEWAY_AE = "GATEWAY"
 US_SAMPLE = "multiframe/us_sonosite__cine_30frames_jpeg_baseline.dcm"
 TODAY = date.today()
@@ -201,8 +209,8 @@ class AskedFor:
 class IgnoringPacsPuller(QueryRetrievePuller):
     """Asks without date or modality keys, as if the PACS ignored them: we must filter."""
 
-    def _study_query(self) -> Dataset:
-        query = super()._study_query()
+    def _study_query(self, today: date) -> Dataset:
+        query = super()._study_query(today)
         query.StudyDate = ""
         query.ModalitiesInStudy = ""
         return query
@@ -212,7 +220,6 @@ class IgnoringPacsPuller(QueryRetrievePuller):
 
 
 @needs_orthanc
-@pytest.mark.needs_orthanc
 @pytest.mark.parametrize("pacs_ignores_keys", [False, True], ids=["pacs-filters", "we-filter"])
 def test_date_window_and_modalities_pick_the_right_studies(
     pacs: Pacs, pacs_ignores_keys: bool
@@ -238,12 +245,9 @@ def test_date_window_and_modalities_pick_the_right_studies(
 
 
 @needs_orthanc
-@pytest.mark.needs_orthanc
 def test_study_query_returns_what_retrieval_needs(pacs: Pacs) -> None:
     puller = _puller(pacs, RecordingSink(), modalities=["US"])
-    from collectors.qr_pull import PullReport
-
-    (study,) = puller.find_studies(PullReport())
+    (study,) = puller.find_studies()
     assert study.study_uid == pacs.us_today
     assert study.modalities == ("US",)
     assert study.study_date == f"{TODAY:%Y%m%d}"
@@ -266,7 +270,6 @@ def _assert_delivered_unchanged(pacs: Pacs, sink: RecordingSink, study_uids: lis
 
 
 @needs_orthanc
-@pytest.mark.needs_orthanc
 def test_c_get_delivers_every_instance_unchanged_then_nothing_more(pacs: Pacs) -> None:
     sink = RecordingSink()
     puller = _puller(pacs, sink, method="get", wanted=sink.lacks)
@@ -291,7 +294,6 @@ def test_c_get_delivers_every_instance_unchanged_then_nothing_more(pacs: Pacs) -
 
 
 @needs_orthanc
-@pytest.mark.needs_orthanc
 def test_c_move_delivers_every_instance_to_our_scp_then_nothing_more(pacs: Pacs) -> None:
     sink = pacs.move_sink[0] = RecordingSink()
     puller = _puller(pacs, sink, method="move", wanted=sink.lacks)
@@ -316,8 +318,33 @@ def test_c_move_delivers_every_instance_to_our_scp_then_nothing_more(pacs: Pacs)
     assert len(sink.received) == 9
 
 
+class NoSopClassesPuller(QueryRetrievePuller):
+    """Does not ask for SOPClassesInStudy, as with a PACS that does not support it."""
+
+    def _study_query(self, today: date) -> Dataset:
+        query = super()._study_query(today)
+        del query.SOPClassesInStudy
+        return query
+
+
 @needs_orthanc
-@pytest.mark.needs_orthanc
+def test_c_get_without_the_study_sop_classes_proposes_common_ones(pacs: Pacs) -> None:
+    sink = RecordingSink()
+    config = _puller(pacs, sink, modalities=["MR", "US"]).config
+    report = NoSopClassesPuller(config, sink).poll_once()
+
+    assert report.ok, report.errors
+    assert report.studies_retrieved == 2
+    mr_posted, mr_received = pacs.studies[pacs.mr_today], sink.of_study(pacs.mr_today)
+    assert mr_received == mr_posted  # uncompressed syntaxes are among the common ones
+    (us_posted,) = pacs.studies[pacs.us_today].values()
+    (us_received,) = sink.of_study(pacs.us_today).values()
+    # JPEG Baseline is not proposed this way: Orthanc decompresses it for us.
+    assert us_received.sop_uid == us_posted.sop_uid
+    assert us_received.transfer_syntax in ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")
+
+
+@needs_orthanc
 def test_sink_out_of_resources_fails_the_c_get_sub_operations(pacs: Pacs) -> None:
     sink = RecordingSink(status=OUT_OF_RESOURCES)
     report = _puller(pacs, sink, method="get", modalities=["CT"]).poll_once()
@@ -337,7 +364,6 @@ def test_sink_out_of_resources_fails_the_c_get_sub_operations(pacs: Pacs) -> Non
 
 
 @needs_orthanc
-@pytest.mark.needs_orthanc
 def test_unreachable_pacs_is_reported_not_raised(pacs: Pacs) -> None:
     port = free_port()
     report = _puller(pacs, RecordingSink(), port=port).poll_once()
@@ -348,13 +374,67 @@ def test_unreachable_pacs_is_reported_not_raised(pacs: Pacs) -> None:
 
 
 @needs_orthanc
-@pytest.mark.needs_orthanc
 def test_calling_ae_unknown_to_the_pacs_is_reported(pacs: Pacs) -> None:
     report = _puller(pacs, RecordingSink(), calling_ae="STRANGER").poll_once()
     assert not report.ok
     assert report.retrievals == []
     (error,) = report.errors
-    assert error.startswith("C-FIND")
+    assert error.startswith("C-FIND failed: the PACS aborted") and "'STRANGER'" in error
+
+
+@contextmanager
+def fake_pacs(answer: Callable[[Any], Iterator[tuple[int, Dataset | None]]]) -> Iterator[int]:
+    """A pynetdicom C-FIND SCP answering with ``answer``, for failures Orthanc will not stage."""
+    ae = AE(ae_title="FAKEPACS")
+    ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
+    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_FIND, answer)])
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.shutdown()
+
+
+def _fake_pacs_puller(port: int, dimse_timeout: float = 30.0) -> QueryRetrievePuller:
+    config = QueryRetrieveConfig(
+        host="127.0.0.1",
+        port=port,
+        called_ae="FAKEPACS",
+        calling_ae=GATEWAY_AE,
+        window=DateWindow(days=1),
+        dimse_timeout=dimse_timeout,
+    )
+    return QueryRetrievePuller(config, RecordingSink())
+
+
+def test_c_find_failure_status_is_reported_in_hex() -> None:
+    def one_match_then_out_of_resources(event: Any) -> Iterator[tuple[int, Dataset | None]]:
+        match = Dataset()
+        match.QueryRetrieveLevel = "STUDY"
+        match.StudyInstanceUID = "1.2.3.4"
+        yield 0xFF00, match
+        yield 0xA700, None
+
+    with fake_pacs(one_match_then_out_of_resources) as port:
+        wanted = AskedFor()
+        puller = _fake_pacs_puller(port)
+        puller = QueryRetrievePuller(puller.config, RecordingSink(), wanted=wanted)
+        report = puller.poll_once()
+    assert report.errors == ["C-FIND failed: status 0xA700"]
+    assert report.studies_queried == 1 and report.studies_matching == 0
+    assert wanted.asked == {}  # a partial answer is not acted on
+
+
+def test_a_pacs_that_never_answers_times_out_with_a_clear_error() -> None:
+    release = threading.Event()
+
+    def hang(event: Any) -> Iterator[tuple[int, Dataset | None]]:
+        release.wait(10)
+        yield 0x0000, None
+
+    with fake_pacs(hang) as port:
+        report = _fake_pacs_puller(port, dimse_timeout=1).poll_once()
+        release.set()
+    assert report.errors == ["C-FIND failed: no response from the PACS within 1 s"]
 
 
 def test_run_survives_an_outage_and_stops_when_told() -> None:
