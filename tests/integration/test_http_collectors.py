@@ -280,6 +280,27 @@ def test_quarantined_objects_are_taken_and_the_poll_goes_on(hospital: Hospital) 
 
 
 @pytest.mark.needs_orthanc
+def test_run_polls_every_interval_until_stopped(hospital: Hospital) -> None:
+    polls: list[str] = []
+    stop = threading.Event()
+
+    def wanted(study_uid: str, instance_count: int | None) -> bool:
+        polls.append(study_uid)
+        if polls.count(study_uid) == 2:
+            stop.set()  # the second poll found it again: enough
+        return False
+
+    with DicomwebPuller(
+        hospital.url, RecordingSink(), modalities=["CT"], wanted=wanted, interval_seconds=0.05
+    ) as puller:
+        thread = threading.Thread(target=puller.run, args=(stop,), daemon=True)
+        thread.start()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert polls == [hospital.uid("ct_today")] * 2
+
+
+@pytest.mark.needs_orthanc
 def test_pages_through_qido_results(hospital: Hospital) -> None:
     sink = RecordingSink()
     with DicomwebPuller(hospital.url, sink, days=90, page_size=1) as puller:
@@ -306,7 +327,7 @@ def test_a_big_study_is_streamed_not_held_in_memory(hospital: Hospital) -> None:
     assert report.ok and report.instances_stored == sink.count == len(files)
     assert sink.largest == largest
     # One instance in the buffer, its copy handed to the sink, and read chunks: far from all.
-    assert peak < 4 * largest + 2 * 1024 * 1024 < total, f"peak {peak} of {total} bytes"
+    assert peak < 4 * largest + 1024 * 1024 < total / 3, f"peak {peak} of {total} bytes"
 
 
 @pytest.mark.needs_orthanc
