@@ -32,6 +32,7 @@ test: lint typecheck
 
 bench: install
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/gateway.py
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

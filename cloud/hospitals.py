@@ -125,6 +125,17 @@ class HospitalRegistry:
                 raise HospitalExistsError(f"hospital {hospital_id} is already registered") from exc
         return credential
 
+    def rotate_credential(self, hospital_id: str) -> str:
+        """Issue a new credential; the old one stops working at once."""
+        credential = CREDENTIAL_PREFIX + secrets.token_urlsafe(32)
+        with self._sessions() as session:
+            row = session.scalar(select(Hospital).where(Hospital.hospital_id == hospital_id))
+            if row is None:
+                raise InstanceNotFoundError(f"hospital {hospital_id} is not registered")
+            row.credential_sha256 = credential_hash(credential)
+            session.commit()
+        return credential
+
     def authenticate(self, credential: str) -> HospitalRef | None:
         """The active hospital holding ``credential``, or None."""
         if not credential.startswith(CREDENTIAL_PREFIX):

@@ -292,7 +292,7 @@ def _add_patient_aggregates(
     )
     if hospital_pk is not None:
         statement = statement.where(Study.hospital_pk == hospital_pk)
-    counts = dict(session.execute(statement).tuples().all())
+    counts: dict[int, int] = dict(session.execute(statement).all())
     for match, pk in zip(matches, pks, strict=True):
         match.attributes["NumberOfPatientRelatedStudies"] = counts.get(pk, 0)
 

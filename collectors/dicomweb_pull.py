@@ -17,7 +17,7 @@ import logging
 import re
 import ssl
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from types import TracebackType
@@ -27,7 +27,11 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from collectors.intake import OUT_OF_RESOURCES, UNEXPECTED_FAILURE, IntakeSink, SinkResult
-from collectors.multipart import BodyPart, MultipartError, parse_media_type
+from collectors.multipart import (
+    MultipartError,
+    iter_multipart,
+    parse_media_type,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -35,10 +39,8 @@ __all__ = [
     "DicomwebError",
     "DicomwebPuller",
     "FoundStudy",
-    "MultipartStreamReader",
     "PollReport",
     "Wanted",
-    "iter_multipart",
     "puller_from_config",
 ]
 
@@ -49,8 +51,6 @@ MODALITIES_IN_STUDY = "00080061"
 NUMBER_OF_STUDY_RELATED_INSTANCES = "00201208"
 
 DEFAULT_MAX_INSTANCE_BYTES = 4 * 1024**3  # a whole-slide or long cine object can be huge
-_MAX_PART_HEADER_BYTES = 64 * 1024
-_MAX_PREAMBLE_BYTES = 64 * 1024
 _MAX_ERROR_BODY_BYTES = 16 * 1024
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 
@@ -65,155 +65,6 @@ class DicomwebError(Exception):
         where = f"{method} {url}"
         super().__init__(f"{where}: HTTP {status}: {detail}" if status else f"{where}: {detail}")
         self.method, self.url, self.status, self.detail = method, url, status, detail
-
-
-# -- incremental multipart/related reader -------------------------------------------------
-
-
-class MultipartStreamReader:
-    """Cut a multipart body (RFC 2046) into parts as its bytes arrive.
-
-    Feed chunks with :meth:`feed`, which yields every part completed so far; call
-    :meth:`close` at the end of the body, which refuses a body cut short. A part is only
-    yielded once its closing delimiter has been seen, so a truncated transfer never hands a
-    truncated object on. Memory: the part being read plus at most one chunk.
-    """
-
-    _PREAMBLE, _AFTER_DELIMITER, _HEADERS, _BODY, _DONE = range(5)
-
-    def __init__(self, boundary: str, *, max_part_bytes: int = DEFAULT_MAX_INSTANCE_BYTES) -> None:
-        if not boundary or len(boundary) > 200:
-            raise MultipartError("Malformed multipart body", "missing or invalid boundary")
-        self._dash_boundary = b"--" + boundary.encode("latin-1")
-        self._delimiter = b"\r\n" + self._dash_boundary
-        self._max_part_bytes = max_part_bytes
-        self._buffer = bytearray()
-        self._state = self._PREAMBLE
-        self._skipped = 0  # preamble bytes thrown away
-        self._scanned = 0  # bytes at the buffer's start known to hold no delimiter
-        self._headers: dict[str, str] = {}
-
-    @property
-    def finished(self) -> bool:
-        """True once the closing delimiter has been read."""
-        return self._state == self._DONE
-
-    def feed(self, chunk: bytes) -> Iterator[BodyPart]:
-        if self._state == self._DONE:
-            return  # the epilogue carries nothing
-        self._buffer += chunk
-        while True:
-            if self._state == self._PREAMBLE:
-                if not self._skip_preamble():
-                    return
-            elif self._state == self._AFTER_DELIMITER:
-                if not self._read_delimiter_line():
-                    return
-            elif self._state == self._HEADERS:
-                if not self._read_headers():
-                    return
-            elif self._state == self._BODY:
-                part = self._read_body()
-                if part is None:
-                    return
-                yield part
-            else:
-                return
-
-    def close(self) -> None:
-        if self._state != self._DONE:
-            raise MultipartError(
-                "Malformed multipart body", "body ends before the closing boundary"
-            )
-
-    def _skip_preamble(self) -> bool:
-        index = self._buffer.find(self._dash_boundary)
-        if index < 0:
-            # Keep a tail that may be the start of a boundary split across chunks.
-            drop = max(0, len(self._buffer) - len(self._dash_boundary) + 1)
-            self._skipped += drop
-            del self._buffer[:drop]
-            if self._skipped > _MAX_PREAMBLE_BYTES:
-                raise MultipartError("Malformed multipart body", "boundary not found in the body")
-            return False
-        del self._buffer[: index + len(self._dash_boundary)]
-        self._state = self._AFTER_DELIMITER
-        return True
-
-    def _read_delimiter_line(self) -> bool:
-        if len(self._buffer) < 2:
-            return False
-        if self._buffer.startswith(b"--"):
-            self._state = self._DONE
-            self._buffer.clear()
-            return False
-        line_end = self._buffer.find(b"\r\n")
-        if line_end < 0:
-            if len(self._buffer) > 1024:
-                raise MultipartError("Malformed multipart body", "no line end after a boundary")
-            return False
-        if self._buffer[:line_end].strip(b" \t"):  # only transport padding may follow
-            raise MultipartError("Malformed multipart body", "text after a boundary")
-        del self._buffer[: line_end + 2]
-        self._state = self._HEADERS
-        return True
-
-    def _read_headers(self) -> bool:
-        if len(self._buffer) < 2:
-            return False
-        if self._buffer.startswith(b"\r\n"):  # a part without headers
-            self._start_body({}, 2)
-            return True
-        end = self._buffer.find(b"\r\n\r\n")
-        if end < 0:
-            if len(self._buffer) > _MAX_PART_HEADER_BYTES:
-                raise MultipartError("Malformed multipart body", "part headers too long")
-            return False
-        self._start_body(_parse_headers(bytes(self._buffer[:end])), end + 4)
-        return True
-
-    def _start_body(self, headers: dict[str, str], header_length: int) -> None:
-        del self._buffer[:header_length]
-        self._headers, self._scanned, self._state = headers, 0, self._BODY
-
-    def _read_body(self) -> BodyPart | None:
-        index = self._buffer.find(self._delimiter, self._scanned)
-        if index < 0:
-            # Search only the new bytes next time, minus an overlap for a split delimiter.
-            self._scanned = max(0, len(self._buffer) - len(self._delimiter) + 1)
-            if self._scanned > self._max_part_bytes:
-                raise MultipartError(
-                    "Part too large", f"a part exceeds {self._max_part_bytes} bytes"
-                )
-            return None
-        if index > self._max_part_bytes:
-            raise MultipartError("Part too large", f"a part exceeds {self._max_part_bytes} bytes")
-        part = BodyPart(self._headers, bytes(self._buffer[:index]))
-        del self._buffer[: index + len(self._delimiter)]
-        self._state = self._AFTER_DELIMITER
-        return part
-
-
-def iter_multipart(
-    chunks: Iterable[bytes], boundary: str, *, max_part_bytes: int = DEFAULT_MAX_INSTANCE_BYTES
-) -> Iterator[BodyPart]:
-    """Yield the parts of a multipart body given as chunks, reading no further than needed."""
-    reader = MultipartStreamReader(boundary, max_part_bytes=max_part_bytes)
-    for chunk in chunks:
-        yield from reader.feed(chunk)
-    reader.close()
-
-
-def _parse_headers(block: bytes) -> dict[str, str]:
-    headers: dict[str, str] = {}
-    for line in block.split(b"\r\n"):
-        if not line:
-            continue
-        name, colon, value = line.decode("latin-1").partition(":")
-        if not colon:
-            raise MultipartError("Malformed multipart body", f"bad part header {name[:40]!r}")
-        headers[name.strip().lower()] = value.strip()
-    return headers
 
 
 # -- the puller ---------------------------------------------------------------------------
@@ -335,8 +186,9 @@ class DicomwebPuller:
     ) -> None:
         self.close()
 
-    def run(self, stop: threading.Event) -> None:
-        """Poll every ``interval_seconds`` until ``stop`` is set."""
+    def run(self, stop: threading.Event, interval: float | None = None) -> None:
+        """Poll now and then every ``interval`` (default ``interval_seconds``) until stopped."""
+        pause = self.interval_seconds if interval is None else interval
         while not stop.is_set():
             try:
                 report = self.poll()
@@ -346,7 +198,7 @@ class DicomwebPuller:
                     logger.warning("DICOMweb pull %s: %s", self._origin_base, error)
             except Exception:  # a collector thread must outlive one bad poll
                 logger.exception("DICOMweb pull %s failed unexpectedly", self._origin_base)
-            stop.wait(self.interval_seconds)
+            stop.wait(pause)
 
     # -- polling --
 

@@ -53,6 +53,7 @@ class FolderCollector:
         self._state_path = state_path.resolve() if state_path is not None else None
         self.poll_interval = poll_interval
         self._files = _FolderFiles(self._root)
+        self._reported: set[Path] = set()  # escaping links already logged, to log each once
         self._poller = Poller(
             sink,
             settle_seconds=settle_seconds,
@@ -115,7 +116,9 @@ class FolderCollector:
         target = link.resolve()
         if not target.is_relative_to(self._root):
             report.rejected += 1
-            logger.warning("%s: symbolic link leaves the watched folder; ignored", link)
+            if link not in self._reported:
+                self._reported.add(link)
+                logger.warning("%s: symbolic link leaves the watched folder; ignored", link)
             return None
         return target.stat()
 

@@ -32,7 +32,8 @@ _UNSUPPORTED = ("500", "502")  # command not understood / not implemented
 _LIST_LINE = re.compile(
     r"^(?P<type>[-dlpscb])\S*\s.*?\s(?P<size>\d+)\s+"
     r"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)\s+\d{1,2}\s+(?:\d{1,2}:\d{2}|\d{4})\s"
-    r"(?P<name>.+)$"
+    r"(?P<name>.+)\Z",
+    re.DOTALL,  # a LF inside a name stays part of it, for the name check to refuse
 )
 
 

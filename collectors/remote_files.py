@@ -21,10 +21,12 @@ from typing import Protocol
 
 from collectors.intake import IntakeSink
 from collectors.polling import (
+    FileChangedError,
     FileStamp,
     ListedFile,
     Poller,
     PollReport,
+    SourceUnavailableError,
     is_ignored_name,
     run_until_stopped,
     sorted_listing,
@@ -174,6 +176,8 @@ class RemoteFolderCollector:
             directory, depth = pending.pop()
             try:
                 entries = self._folder.list_dir(directory)
+            except SourceUnavailableError:
+                raise  # the connection is gone: no use listing the other directories
             except Exception:
                 if directory == self._root:
                     raise
@@ -193,7 +197,9 @@ class RemoteFolderCollector:
                         complete = False
                 elif entry.kind is EntryKind.FILE:
                     stamp = self._stamp(path, entry)
-                    if stamp is not None:
+                    if stamp is None:
+                        complete = False
+                    else:
                         found.append(ListedFile(path[len(self._root) :].lstrip("/"), stamp))
         return sorted_listing(found), complete
 
@@ -235,4 +241,15 @@ class _RemoteFiles:
         return self._folder.read(self._path(listed.key))
 
     def delete(self, listed: ListedFile) -> None:
-        self._folder.delete(self._path(listed.key))
+        path = self._path(listed.key)
+        if not _same_version(self._folder.stat(path), listed.stamp):
+            raise FileChangedError(f"{path} was replaced after it was taken")
+        self._folder.delete(path)
+
+
+def _same_version(now: FileStamp, listed: FileStamp) -> bool:
+    """Compared to the second: MDTM has no fractions even where the MLSD listing had them."""
+    if now.size != listed.size:
+        return False
+    unknown = now.mtime_ns == 0 or listed.mtime_ns == 0  # a server without MDTM
+    return unknown or now.mtime_ns // 1_000_000_000 == listed.mtime_ns // 1_000_000_000

@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from collectors.multipart import MultipartError, parse_media_type
+from collectors.multipart import iter_multipart, parse_media_type
 
 logger = logging.getLogger(__name__)
 
@@ -163,7 +163,8 @@ class CloudLink:
             boundary = media.params.get("boundary", "")
             if not boundary:
                 raise CloudLinkError("send-back response is not multipart")
-            yield from _parts(response.iter_bytes(), boundary.encode())
+            for part in iter_multipart(response.iter_bytes(), boundary):
+                yield part.content
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -208,29 +209,3 @@ def _stow_statuses(response: httpx.Response) -> dict[str, int]:
         for uid in item.get("00081155", {}).get("Value", []):
             statuses[str(uid)] = int(reason)
     return statuses
-
-
-def _parts(chunks: Iterator[bytes], boundary: bytes) -> Iterator[bytes]:
-    """Incremental multipart/related reader: yields each part's body as it completes."""
-    delimiter = b"\r\n--" + boundary
-    buffer = bytearray(b"\r\n")  # so the first delimiter looks like every other one
-    started = False
-    searched = 0  # bytes of the buffer known to hold no delimiter start
-    for chunk in chunks:
-        buffer += chunk
-        while True:
-            at = buffer.find(delimiter, searched)
-            if at < 0:
-                searched = max(0, len(buffer) - len(delimiter))
-                break
-            searched = 0
-            if started:
-                header_end = buffer.find(b"\r\n\r\n", 0, at)
-                if header_end < 0:
-                    raise MultipartError("Malformed multipart body", "part without headers")
-                yield bytes(buffer[header_end + 4 : at])
-            started = True
-            del buffer[: at + len(delimiter)]
-            if buffer.startswith(b"--"):
-                return
-    raise MultipartError("Malformed multipart body", "no closing boundary")

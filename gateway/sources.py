@@ -49,7 +49,7 @@ def _collector(gateway: Gateway, entry: dict[str, Any]) -> Any:
         from collectors.dicomweb_pull import puller_from_config as dicomweb_puller
 
         return dicomweb_puller(entry, sink, wanted=gateway.wanted)
-    from collectors.remote_files import collector_from_config
+    from collectors.polling_config import collector_from_config
 
     state_dir = gateway.spool.root / "collector-state"
     state_dir.mkdir(exist_ok=True)

@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from imaging_cloud.demo import load_demo_data
+    from imaging_cloud.demo import load_demo_data, start_demo_gateway
     from imaging_cloud.node import Node
 
     node = Node(_settings(args))
@@ -64,12 +65,20 @@ def _demo(args: argparse.Namespace) -> int:
     server = node.http_server()
     thread = threading.Thread(target=server.run, name="http", daemon=True)
     thread.start()
+    gateway = None
     try:
-        studies = load_demo_data(node.archive, samples=args.samples)
+        while not server.started:
+            time.sleep(0.05)
         urls = node.urls()
+        cloud_url = urls["health"].removesuffix("/healthz")
+        spool = node.settings.data_dir / "demo-gateway-spool"
+        gateway = start_demo_gateway(node.archive, cloud_url, spool, args.gateway_dicom_port)
+        studies = load_demo_data(node.archive, samples=args.samples, gateway=gateway)
         print("\nimaging-cloud demo is running (Ctrl-C to stop)")
         for name, url in urls.items():
             print(f"  {name:9} {url}")
+        print(f"  {'gateway':9} DEMOGW@127.0.0.1:{gateway.scp.port} (spool {spool})")
+        print(f"  {'hospitals':9} {cloud_url}/api/hospitals")
         print("\nStudies loaded:")
         for uid, label in studies:
             print(f"  {label}: {urls['dicomweb']}/studies/{uid}/series")
@@ -81,6 +90,8 @@ def _demo(args: argparse.Namespace) -> int:
         server.should_exit = True
         thread.join(timeout=10)
     finally:
+        if gateway is not None:
+            gateway.close()
         node.close()
     return 0
 
@@ -115,6 +126,16 @@ def _add_hospital(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rotate_credential(args: argparse.Namespace) -> int:
+    archive = _open_archive(args)
+    try:
+        credential = archive.hospitals.rotate_credential(args.hospital_id)
+    finally:
+        archive.close()
+    print(credential)
+    return 0
+
+
 def _send_back(args: argparse.Namespace) -> int:
     archive = _open_archive(args)
     try:
@@ -140,6 +161,10 @@ def _add_admin_commands(commands: Any) -> None:
     add.add_argument("--gateway-host", help="where its gateway accepts C-STORE (send-back)")
     add.add_argument("--gateway-port", type=int)
     add.set_defaults(handler=_add_hospital)
+    rotate = actions.add_parser("rotate-credential", help="replace a hospital's credential")
+    _add_archive_options(rotate)
+    rotate.add_argument("--hospital-id", required=True)
+    rotate.set_defaults(handler=_rotate_credential)
     back = actions.add_parser("send-back", help="send a study back to its hospital's PACS")
     _add_archive_options(back)
     back.add_argument("--hospital-id", required=True)
@@ -157,6 +182,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo = commands.add_parser("demo", help="run a node with sample studies loaded")
     _add_node_options(demo)
     demo.add_argument("--samples", type=Path, help="folder of real DICOM samples to load too")
+    demo.add_argument(
+        "--gateway-dicom-port", type=int, default=11113, help="the demo gateway's DICOM port"
+    )
     demo.set_defaults(handler=_demo)
     _add_admin_commands(commands)
     add_gateway_commands(commands)

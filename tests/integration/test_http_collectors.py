@@ -28,13 +28,17 @@ from requests.exceptions import HTTPError
 from collectors.dicomweb_pull import (
     DicomwebError,
     DicomwebPuller,
-    MultipartStreamReader,
-    iter_multipart,
     puller_from_config,
 )
 from collectors.http_push import create_push_app
 from collectors.intake import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, SUCCESS, SinkResult
-from collectors.multipart import MultipartError, split_multipart, stream_parts
+from collectors.multipart import (
+    MultipartError,
+    MultipartStreamReader,
+    iter_multipart,
+    split_multipart,
+    stream_parts,
+)
 from imaging_cloud.synthetic import StudySpec, ct_series, secondary_capture, to_part10
 from tests.support.asgi_server import serving
 from tests.support.orthanc import OrthancServer, free_port, orthanc_available
@@ -290,10 +294,9 @@ def test_run_polls_every_interval_until_stopped(hospital: Hospital) -> None:
             stop.set()  # the second poll found it again: enough
         return False
 
-    with DicomwebPuller(
-        hospital.url, RecordingSink(), modalities=["CT"], wanted=wanted, interval_seconds=0.05
-    ) as puller:
-        thread = threading.Thread(target=puller.run, args=(stop,), daemon=True)
+    with DicomwebPuller(hospital.url, RecordingSink(), modalities=["CT"], wanted=wanted) as puller:
+        # As the gateway starts it: run(stop_event, interval).
+        thread = threading.Thread(target=puller.run, args=(stop, 0.05), daemon=True)
         thread.start()
         thread.join(timeout=30)
     assert not thread.is_alive()
@@ -380,8 +383,9 @@ def test_basic_authentication_against_a_protected_orthanc() -> None:
                 assert http.post(f"{orthanc.base_url}/instances", content=data).status_code == 200
 
         sink = RecordingSink()
-        wrong = {"username": "gateway", "password": "guess"}
-        with DicomwebPuller(orthanc.dicomweb_url, sink, **wrong) as puller:
+        with DicomwebPuller(
+            orthanc.dicomweb_url, sink, username="gateway", password="guess"
+        ) as puller:
             report = puller.poll()
         assert sink.received == [] and "HTTP 401" in report.errors[0]
 
@@ -753,4 +757,5 @@ def test_dicomweb_client_sees_a_refusal_as_an_http_error(receiver: Receiver) -> 
     web = DICOMwebClient(url=receiver.url, headers={"Authorization": "Bearer nope"})
     with pytest.raises(HTTPError) as refused:
         web.store_instances([ds])
+    assert refused.value.response is not None
     assert refused.value.response.status_code == 401

@@ -2,11 +2,13 @@
 
 Two hospitals hold studies of the same patient (and a third study belongs to none), so only
 the calling AE title's hospital separates what each may see. Statuses, Error Comments and
-C-CANCEL are checked here, where a pynetdicom SCU shows them plainly.
+C-CANCEL are checked here, where a pynetdicom SCU shows them plainly. One node per module
+(and database): the tests only read the archive, and the receiver is emptied between them.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -33,7 +35,8 @@ from collectors.storage_scp import StorageSCP
 from imaging_cloud.dimse_qr import ArchiveQueryRetrieve
 from imaging_cloud.node import Node, archive_sink
 from imaging_cloud.synthetic import PatientSpec, StudySpec, ct_series, to_part10
-from tests.support.servers import free_port
+from tests.conftest import POSTGRES_ENV, _postgres_schema_url
+from tests.support.servers import free_port, running_node
 
 PATIENT = PatientSpec(patient_id="QR-SHARED", patient_name="Wang^XiaoDong=王^小東=")
 MODELS = (
@@ -48,44 +51,42 @@ UNABLE_TO_PROCESS, MOVE_DESTINATION_UNKNOWN, IDENTIFIER_MISMATCH = 0xC000, 0xA80
 
 @dataclass
 class Receiver:
-    """A hospital's DICOM receiver (its gateway's C-STORE SCP), recording what arrives."""
+    """The hospitals' DICOM receiver (their gateways' C-STORE SCP), on one port for both.
 
-    ae_title: str
+    It answers to any called AE title and records it: a C-MOVE to H2GW would arrive here
+    called "H2GW", so one receiver tells the two hospitals' deliveries apart.
+    """
+
     port: int = field(default_factory=free_port)
-    received: list[Dataset] = field(default_factory=list)
+    received: list[tuple[str, Dataset]] = field(default_factory=list)
 
-    def uids(self) -> set[str]:
-        return {str(ds.SOPInstanceUID) for ds in self.received}
+    def uids(self, called_ae: str) -> set[str]:
+        return {str(ds.SOPInstanceUID) for called, ds in self.received if called == called_ae}
 
     def _store(self, event: Any) -> int:
-        self.received.append(event.dataset)
+        called = str(event.assoc.requestor.primitive.called_ae_title).strip()
+        self.received.append((called, event.dataset))
         return SUCCESS
+
+    @contextmanager
+    def serving(self) -> Iterator[None]:
+        ae = AE(ae_title="RECEIVER")
+        ae.add_supported_context(CTImageStorage, ExplicitVRLittleEndian)
+        handlers = [(evt.EVT_C_STORE, self._store)]
+        server = ae.start_server(("127.0.0.1", self.port), block=False, evt_handlers=handlers)
+        try:
+            yield
+        finally:
+            server.shutdown()
 
 
 @dataclass
 class Scope:
     node: Node
-    h1: Receiver
-    h2: Receiver
+    receiver: Receiver
     study_h1: StudySpec
     study_h2: StudySpec
-    unowned: StudySpec
     sop_uids_h1: set[str]
-
-
-@contextmanager
-def _receiving(receiver: Receiver) -> Iterator[None]:
-    ae = AE(ae_title=receiver.ae_title)
-    ae.add_supported_context(CTImageStorage, ExplicitVRLittleEndian)
-    server = ae.start_server(
-        ("127.0.0.1", receiver.port),
-        block=False,
-        evt_handlers=[(evt.EVT_C_STORE, receiver._store)],
-    )
-    try:
-        yield
-    finally:
-        server.shutdown()
 
 
 def _store_study(
@@ -98,28 +99,51 @@ def _store_study(
     return uids
 
 
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.needs_postgres)]
+)
+def shared_scope(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Scope]:
+    """Like the ``database_url`` fixture, on SQLite and PostgreSQL, but once per module."""
+    if request.param == "sqlite":
+        yield from _scope(tmp_path_factory, "")
+        return
+    base = os.environ.get(POSTGRES_ENV)
+    if not base:
+        pytest.skip(f"{POSTGRES_ENV} not set")
+    for url in _postgres_schema_url(base):
+        yield from _scope(tmp_path_factory, url)
+
+
+def _scope(tmp_path_factory: pytest.TempPathFactory, database_url: str) -> Iterator[Scope]:
+    receiver = Receiver()
+    with running_node(tmp_path_factory.mktemp("qr-node"), database_url) as node:
+        hospitals = node.archive.hospitals
+        for hospital_id in ("H1", "H2"):
+            hospitals.add_hospital(
+                hospital_id,
+                f"Hospital {hospital_id}",
+                ae_title=f"{hospital_id}GW",
+                dicom_host="127.0.0.1",
+                dicom_port=receiver.port,
+            )
+        ref1, ref2 = hospitals.by_ae_title("H1GW"), hospitals.by_ae_title("H2GW")
+        assert ref1 and ref2
+        study_h1 = StudySpec(patient=PATIENT, accession_number="ACC-H1")
+        study_h2 = StudySpec(patient=PATIENT, accession_number="ACC-H2")
+        uids = _store_study(node.archive, study_h1, 3, ref1.pk)
+        _store_study(node.archive, study_h2, 2, ref2.pk)
+        unowned = StudySpec(patient=PATIENT, accession_number="ACC-NONE")
+        _store_study(node.archive, unowned, 1, None)  # no hospital's: nobody sees it by DIMSE
+        with receiver.serving():
+            yield Scope(node, receiver, study_h1, study_h2, uids)
+
+
 @pytest.fixture
-def scope(node: Node) -> Iterator[Scope]:
-    h1, h2 = Receiver("H1GW"), Receiver("H2GW")
-    hospitals = node.archive.hospitals
-    for receiver, hospital_id in ((h1, "H1"), (h2, "H2")):
-        hospitals.add_hospital(
-            hospital_id,
-            f"Hospital {hospital_id}",
-            ae_title=receiver.ae_title,
-            dicom_host="127.0.0.1",
-            dicom_port=receiver.port,
-        )
-    ref1, ref2 = hospitals.by_ae_title("H1GW"), hospitals.by_ae_title("H2GW")
-    assert ref1 and ref2
-    study_h1 = StudySpec(patient=PATIENT, accession_number="ACC-H1")
-    study_h2 = StudySpec(patient=PATIENT, accession_number="ACC-H2")
-    unowned = StudySpec(patient=PATIENT, accession_number="ACC-NONE")
-    uids = _store_study(node.archive, study_h1, 3, ref1.pk)
-    _store_study(node.archive, study_h2, 2, ref2.pk)
-    _store_study(node.archive, unowned, 1, None)
-    with _receiving(h1), _receiving(h2):
-        yield Scope(node, h1, h2, study_h1, study_h2, unowned, uids)
+def scope(shared_scope: Scope) -> Scope:
+    shared_scope.receiver.received.clear()
+    return shared_scope
 
 
 @contextmanager
@@ -141,7 +165,7 @@ def _associate(
             return SUCCESS
 
         kwargs = {
-            "ext_neg": [build_role(CTImageStorage, scp_role=True)],
+            "ext_neg": [build_role(CTImageStorage, scu_role=True, scp_role=True)],
             "evt_handlers": [(evt.EVT_C_STORE, store)],
         }
     assoc = ae.associate("127.0.0.1", port, ae_title="IMAGINGCLOUD", **kwargs)
@@ -217,8 +241,10 @@ def test_unknown_keys_come_back_empty_and_lower_level_keys_are_refused(scope: Sc
     query.InstitutionName = ""
     query.NumberOfStudyRelatedInstances = ""
     query.ModalitiesInStudy = ""
+    query.RetrieveAETitle = ""
     [study], _ = _find(scope.node, "H1GW", query)
     assert "InstitutionName" in study and study.InstitutionName == ""
+    assert study.RetrieveAETitle == "IMAGINGCLOUD"
     assert study.NumberOfStudyRelatedInstances == 3
     assert study.ModalitiesInStudy == "CT"
 
@@ -264,10 +290,10 @@ def test_move_goes_only_to_the_callers_own_ae(scope: Scope) -> None:
         moved = _final(assoc.send_c_move(query, "H1GW", model))
     assert refused.Status == MOVE_DESTINATION_UNKNOWN
     assert "H2GW" in refused.ErrorComment
-    assert not scope.h2.received
     assert moved.Status == SUCCESS
     assert moved.NumberOfCompletedSuboperations == 3
-    assert scope.h1.uids() == scope.sop_uids_h1
+    assert not scope.receiver.uids("H2GW")
+    assert scope.receiver.uids("H1GW") == scope.sop_uids_h1
 
 
 def test_move_of_another_hospitals_study_to_own_ae_sends_nothing(scope: Scope) -> None:
@@ -276,7 +302,7 @@ def test_move_of_another_hospitals_study_to_own_ae_sends_nothing(scope: Scope) -
         final = _final(assoc.send_c_move(query, "H2GW", StudyRootQueryRetrieveInformationModelMove))
     assert final.Status == SUCCESS
     assert final.NumberOfCompletedSuboperations == 0
-    assert not scope.h2.received and not scope.h1.received
+    assert not scope.receiver.received
 
 
 def test_unregistered_calling_ae_is_refused_query_retrieve_but_not_echo_or_store(
@@ -297,7 +323,7 @@ def test_unregistered_calling_ae_is_refused_query_retrieve_but_not_echo_or_store
     for status in statuses:
         assert status.Status == UNABLE_TO_PROCESS
         assert status.ErrorComment == "calling AE title STRANGER is not registered to a hospital"
-    assert not received and not scope.h1.received
+    assert not received and not scope.receiver.received
     assert echo.Status == SUCCESS and store.Status == SUCCESS
 
 

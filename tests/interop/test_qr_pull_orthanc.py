@@ -8,6 +8,7 @@ our C-FIND, C-GET and C-MOVE without the ``DicomAlwaysAllow*`` switches.
 from __future__ import annotations
 
 import io
+import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -155,7 +156,7 @@ def pacs() -> Iterator[Pacs]:
     try:
         with OrthancServer(config_overrides=overrides) as orthanc:
             studies: dict[str, dict[str, Instance]] = {}
-            uids = []
+            uids: list[str] = []
             for files in (
                 _synthetic_study(TODAY, "CT", 5),
                 _synthetic_study(TODAY, "MR", 3),
@@ -165,7 +166,8 @@ def pacs() -> Iterator[Pacs]:
                 posted = [_post(orthanc, part10) for part10 in files]
                 uids.append(posted[0].study_uid)
                 studies[posted[0].study_uid] = {i.sop_uid: i for i in posted}
-            yield Pacs(orthanc, scp, studies, *uids, move_sink=move_sink)
+            ct_today, mr_today, us_today, ct_old = uids
+            yield Pacs(orthanc, scp, studies, ct_today, mr_today, us_today, ct_old, move_sink)
     finally:
         scp.stop()
 
@@ -231,6 +233,8 @@ def test_date_window_and_modalities_pick_the_right_studies(
             puller = IgnoringPacsPuller(puller.config, RecordingSink(), wanted=wanted)
         report = puller.poll_once()
         assert report.ok, report.errors
+        if pacs_ignores_keys:
+            assert report.studies_queried == len(pacs.studies)  # so the filtering was ours
         assert report.studies_wanted == 0 and report.retrievals == []
         assert report.studies_matching == len(wanted.asked)
         return wanted.asked
@@ -388,24 +392,31 @@ def test_calling_ae_unknown_to_the_pacs_is_reported(pacs: Pacs) -> None:
 def fake_pacs(answer: Callable[[Any], Iterator[tuple[int, Dataset | None]]]) -> Iterator[int]:
     """A pynetdicom C-FIND SCP answering with ``answer``, for failures Orthanc will not stage."""
     ae = AE(ae_title="FAKEPACS")
+    ae.require_called_aet = True  # rejects associations addressed to another AE title
     ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
     server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_FIND, answer)])
+    assert server is not None  # block=False returns the running server
     try:
         yield int(server.server_address[1])
     finally:
         server.shutdown()
 
 
-def _fake_pacs_puller(port: int, dimse_timeout: float = 30.0) -> QueryRetrievePuller:
+def _fake_pacs_puller(
+    port: int,
+    dimse_timeout: float = 30.0,
+    wanted: AskedFor | None = None,
+    called_ae: str = "FAKEPACS",
+) -> QueryRetrievePuller:
     config = QueryRetrieveConfig(
         host="127.0.0.1",
         port=port,
-        called_ae="FAKEPACS",
+        called_ae=called_ae,
         calling_ae=GATEWAY_AE,
         window=DateWindow(days=1),
         dimse_timeout=dimse_timeout,
     )
-    return QueryRetrievePuller(config, RecordingSink())
+    return QueryRetrievePuller(config, RecordingSink(), wanted=wanted)
 
 
 def test_c_find_failure_status_is_reported_in_hex() -> None:
@@ -418,9 +429,7 @@ def test_c_find_failure_status_is_reported_in_hex() -> None:
 
     with fake_pacs(one_match_then_out_of_resources) as port:
         wanted = AskedFor()
-        puller = _fake_pacs_puller(port)
-        puller = QueryRetrievePuller(puller.config, RecordingSink(), wanted=wanted)
-        report = puller.poll_once()
+        report = _fake_pacs_puller(port, wanted=wanted).poll_once()
     assert report.errors == ["C-FIND failed: status 0xA700"]
     assert report.studies_queried == 1 and report.studies_matching == 0
     assert wanted.asked == {}  # a partial answer is not acted on
@@ -437,6 +446,17 @@ def test_a_pacs_that_never_answers_times_out_with_a_clear_error() -> None:
         report = _fake_pacs_puller(port, dimse_timeout=1).poll_once()
         release.set()
     assert report.errors == ["C-FIND failed: no response from the PACS within 1 s"]
+
+
+def test_rejected_association_is_reported_with_the_reason() -> None:
+    def never_asked(event: Any) -> Iterator[tuple[int, Dataset | None]]:
+        yield 0x0000, None
+
+    with fake_pacs(never_asked) as port:
+        report = _fake_pacs_puller(port, called_ae="WRONGAE").poll_once()
+    (error,) = report.errors
+    assert error.startswith(f"C-FIND failed: association rejected by WRONGAE@127.0.0.1:{port}")
+    assert "Called AE title not recognised" in error
 
 
 def test_run_survives_an_outage_and_stops_when_told() -> None:
@@ -531,7 +551,7 @@ def test_config_entry_is_read() -> None:
 def test_bad_config_entries_are_refused_clearly(change: dict[str, Any], message: str) -> None:
     entry = {**GOOD_ENTRY, **change}
     entry = {key: value for key, value in entry.items() if value is not None}
-    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(ValueError, match=re.escape(message)):
         _from(entry)
 
 

@@ -26,7 +26,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -68,6 +68,7 @@ class OrthancServer:
     ``tcp_nodelay`` puts ``TCP_NODELAY=1`` in Orthanc's environment: DCMTK (which Orthanc
     uses for DICOM) otherwise leaves Nagle's algorithm on, costing ~40 ms per C-STORE.
     ``config_overrides`` is merged on top of the generated configuration.
+    ``extra_plugins`` are loaded after the DICOMweb plugin (e.g. ``libOrthancPython.so``).
     """
 
     def __init__(
@@ -78,12 +79,14 @@ class OrthancServer:
         config_overrides: Mapping[str, Any] | None = None,
         startup_timeout: float = 60.0,
         workdir: Path | None = None,
+        extra_plugins: Sequence[Path] = (),
     ) -> None:
         self.aet = aet
         self.tcp_nodelay = tcp_nodelay
         self.config_overrides = dict(config_overrides or {})
         self.startup_timeout = startup_timeout
         self._given_workdir = workdir
+        self.extra_plugins = list(extra_plugins)
         self.workdir: Path | None = None
         self.dicom_port = 0
         self.http_port = 0
@@ -120,7 +123,7 @@ class OrthancServer:
             "HttpPort": self.http_port,
             "RemoteAccessAllowed": False,
             "AuthenticationEnabled": False,
-            "Plugins": [str(DICOMWEB_PLUGIN)],
+            "Plugins": [str(DICOMWEB_PLUGIN), *(str(p) for p in self.extra_plugins)],
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
         }
         config.update(self.config_overrides)

@@ -119,7 +119,10 @@ def test_complete_files_are_taken_once_recursively(
 
     assert sorted(sink.stored_bytes) == sorted([first, second])
     origins = {origin for _, origin in sink.stored}
-    assert origins == {f"folder:{root.resolve()}/a.dcm", f"folder:{root.resolve()}/study/series/IM0001"}
+    assert origins == {
+        f"folder:{root.resolve()}/a.dcm",
+        f"folder:{root.resolve()}/study/series/IM0001",
+    }
 
 
 def test_a_file_younger_than_the_settle_time_waits(root: Path, clock: Clock) -> None:
@@ -216,9 +219,7 @@ def test_delete_after_taken_deletes_only_what_was_taken(
     assert sorted(p.name for p in root.iterdir()) == ["late.dcm", "upload.part"]
 
 
-def test_delete_after_taken_leaves_a_file_replaced_after_reading(
-    root: Path, clock: Clock
-) -> None:
+def test_delete_after_taken_leaves_a_file_replaced_after_reading(root: Path, clock: Clock) -> None:
     target = root / "a.dcm"
     target.write_bytes(dicom_bytes("OLD"))
     replacement = dicom_bytes("NEWER-PATIENT")
