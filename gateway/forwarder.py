@@ -52,6 +52,8 @@ class Forwarder:
         self.batch_bytes = batch_bytes
         self.keep_days = keep_days
         self.retry_base_seconds = retry_base_seconds
+        # Set by intake in this process so a new object goes out at once, not after the idle wait.
+        self.wake = threading.Event()
 
     def forward_once(self) -> ForwardReport:
         """Send one batch of due objects; what happened to them."""
@@ -129,4 +131,5 @@ class Forwarder:
                 logger.exception("forwarder iteration failed")
                 report = ForwardReport()
             if not report.busy:
-                stop.wait(idle_seconds)
+                self.wake.wait(idle_seconds)
+                self.wake.clear()

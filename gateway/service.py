@@ -53,7 +53,14 @@ class Gateway:
         self.http_push_port: int | None = None
 
     def _scp_sink(self, received: ReceivedObject) -> SinkResult:
-        return self.spool.accept(received.part10, received.origin)
+        return self.accept(received.part10, received.origin)
+
+    def accept(self, data: bytes, origin: str) -> SinkResult:
+        """The sink every collector of this gateway feeds: spool, then wake the forwarder."""
+        result = self.spool.accept(data, origin)
+        if result.status == 0:
+            self.forwarder.wake.set()
+        return result
 
     def wanted(self, study_uid: str, instance_count: int | None) -> bool:
         """For pull collectors: is any of this study still missing from cloud and spool?"""
@@ -122,6 +129,7 @@ class Gateway:
 
     def close(self) -> None:
         self._stop.set()
+        self.forwarder.wake.set()
         self.scp.stop()
         for thread in self._threads:
             thread.join(timeout=10)

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
+from gateway.config import GatewayConfigError
+
 if TYPE_CHECKING:
     from gateway.service import Gateway
 
@@ -26,14 +28,17 @@ def start_sources(gateway: Gateway, spawn: Spawn) -> int | None:
         if kind == "http_push":
             push_port = _start_http_push(gateway, entry, spawn, name)
             continue
-        collector = _collector(gateway, entry)
+        try:
+            collector = build_collector(gateway, entry)
+        except ValueError as exc:
+            raise GatewayConfigError(f"sources[{index}] ({kind}): {exc}") from exc
         spawn(name, collector.run, gateway.stop_event, interval)
         logger.info("collector %s started (every %.0f s)", name, interval)
     return push_port
 
 
-def _collector(gateway: Gateway, entry: dict[str, Any]) -> Any:
-    sink = gateway.spool.accept
+def build_collector(gateway: Gateway, entry: dict[str, Any]) -> Any:
+    sink = gateway.accept
     kind = entry["kind"]
     if kind == "qr":
         from collectors.qr_pull import puller_from_config
@@ -60,7 +65,7 @@ def _start_http_push(gateway: Gateway, entry: dict[str, Any], spawn: Spawn, name
     from collectors.http_push import create_push_app
 
     app = create_push_app(
-        gateway.spool.accept,
+        gateway.accept,
         credential=entry.get("credential") or None,
         max_body_bytes=int(entry.get("max_body_bytes", 2 * 1024**3)),
     )

@@ -62,6 +62,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     node = Node(_settings(args))
     node.scp.start()
+    node.start_monitoring()
     server = node.http_server()
     thread = threading.Thread(target=server.run, name="http", daemon=True)
     thread.start()

@@ -10,6 +10,7 @@ import uvicorn
 
 from cloud.archive import Archive
 from cloud.errors import ArchiveError
+from cloud.monitoring import AlertMonitor, AlertPolicy
 from collectors.storage_scp import ReceivedObject, Sink, SinkResult, StorageSCP
 from imaging_cloud.dimse_qr import ArchiveQueryRetrieve
 from imaging_cloud.settings import Settings
@@ -63,6 +64,21 @@ class Node:
             ApiSettings(max_stow_bytes=s.max_stow_bytes),
             health_checks={"dicom": self.scp.ready.is_set},
         )
+        self.alerts = AlertMonitor(
+            self.archive.sessions,
+            AlertPolicy(
+                stale_heartbeat_seconds=s.alert_stale_heartbeat_seconds,
+                low_disk_bytes=s.alert_low_disk_bytes,
+                backlog_instances=s.alert_backlog_instances,
+                backlog_age_seconds=s.alert_backlog_age_seconds,
+                repeated_failures=s.alert_repeated_failures,
+            ),
+            s.alert_webhook_url,
+        )
+
+    def start_monitoring(self) -> None:
+        """Check the hospitals' gateways periodically (alerts to the log and the webhook)."""
+        self.alerts.start(self.settings.alert_check_seconds)
 
     def http_server(self) -> uvicorn.Server:
         config = uvicorn.Config(
@@ -87,11 +103,13 @@ class Node:
     def run(self) -> None:
         """Serve until interrupted (SIGINT/SIGTERM), then stop cleanly."""
         self.scp.start()
+        self.start_monitoring()
         try:
             self.http_server().run()
         finally:
             self.close()
 
     def close(self) -> None:
+        self.alerts.stop()
         self.scp.stop()
         self.archive.close()

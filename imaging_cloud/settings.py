@@ -32,6 +32,13 @@ class Settings(BaseSettings):
     database_url: str
     blob_url: str
     max_stow_bytes: int = Field(gt=0)
+    alert_webhook_url: str
+    alert_check_seconds: float = Field(gt=0)
+    alert_stale_heartbeat_seconds: float = Field(gt=0)
+    alert_low_disk_bytes: int = Field(ge=0)
+    alert_backlog_instances: int = Field(ge=0)
+    alert_backlog_age_seconds: float = Field(gt=0)
+    alert_repeated_failures: int = Field(gt=0)
 
     @classmethod
     def settings_customise_sources(

@@ -15,17 +15,23 @@ from sqlalchemy.engine import make_url
 from cloud.archive import Archive
 from imaging_cloud.node import Node
 from imaging_cloud.synthetic import PatientSpec, StudySpec, ct_series, to_part10
+from tests.support.orthanc import orthanc_available
 from tests.support.servers import running_node
 
 POSTGRES_ENV = "IMAGING_CLOUD_TEST_DATABASE_URL"
 
 
+@pytest.hookimpl(tryfirst=True)  # before skipif marks are evaluated
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    """Where CI promises DCMTK, a test that needs it fails instead of skipping."""
+    """Where CI promises DCMTK or Orthanc, a test that needs it fails instead of skipping."""
     if item.get_closest_marker("needs_dcmtk") and not shutil.which("storescu"):
         if os.environ.get("IMAGING_CLOUD_REQUIRE_DCMTK"):
             pytest.fail("IMAGING_CLOUD_REQUIRE_DCMTK is set but storescu is not installed")
         pytest.skip("DCMTK not installed (apt-get install dcmtk)")
+    if item.get_closest_marker("needs_orthanc") and not orthanc_available():
+        if os.environ.get("IMAGING_CLOUD_REQUIRE_ORTHANC"):
+            pytest.fail("IMAGING_CLOUD_REQUIRE_ORTHANC is set but Orthanc is not installed")
+        pytest.skip("Orthanc not installed (apt-get install orthanc orthanc-dicomweb)")
 
 
 def _postgres_schema_url(base_url: str) -> Iterator[str]:
