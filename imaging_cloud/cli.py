@@ -85,6 +85,7 @@ def _demo(args: argparse.Namespace) -> int:
             print(f"  {label}: {urls['dicomweb']}/studies/{uid}/series")
         port = node.scp.port
         print(f"\nTry:\n  echoscu -aec {node.settings.ae_title} 127.0.0.1 {port}")
+        print(f"  storescu -aec DEMOGW 127.0.0.1 {gateway.scp.port} FILE.dcm   # via the gateway")
         print(f"  curl '{urls['dicomweb']}/studies?PatientName=*'", flush=True)
         thread.join()
     except KeyboardInterrupt:
@@ -195,6 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per gateway request
     try:
         return int(args.handler(args))
     except ValidationError as exc:

@@ -320,3 +320,54 @@ def test_bandwidth_limit_paces_uploads(sqlite_node: Node, spool: Spool) -> None:
     Forwarder(spool, link).forward_once()
     assert time.monotonic() - started >= 0.45
     assert spool.status().sent == len(objects)
+
+
+def test_cli_prints_only_the_credential_and_the_spool_state(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from imaging_cloud.cli import main
+
+    data = tmp_path / "cloud"
+    assert (
+        main(
+            [
+                "admin",
+                "add-hospital",
+                "--data-dir",
+                str(data),
+                "--hospital-id",
+                "H9",
+                "--name",
+                "Nine",
+            ]
+        )
+        == 0
+    )
+    credential = capsys.readouterr().out
+    assert credential.startswith("icg_") and credential.count("\n") == 1
+    assert (
+        main(
+            [
+                "admin",
+                "add-hospital",
+                "--data-dir",
+                str(data),
+                "--hospital-id",
+                "H9",
+                "--name",
+                "Again",
+            ]
+        )
+        == 1
+    )
+    assert "already registered" in capsys.readouterr().err
+    spool = Spool(tmp_path / "spool")
+    spool.accept(_study(slices=1)[0], "test")
+    spool.accept(b"junk", "folder:/in/junk.dcm")
+    spool.close()
+    assert main(["gateway", "status", "--spool-dir", str(tmp_path / "spool")]) == 0
+    out = capsys.readouterr().out
+    assert "queued        1" in out and "quarantined   1" in out
+    assert "folder:/in/junk.dcm: not a DICOM Part-10 file" in out
+    assert main(["gateway", "status", "--spool-dir", str(tmp_path / "nowhere")]) == 2
+    assert "not a gateway spool" in capsys.readouterr().err
