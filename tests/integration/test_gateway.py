@@ -371,3 +371,81 @@ def test_cli_prints_only_the_credential_and_the_spool_state(
     assert "folder:/in/junk.dcm: not a DICOM Part-10 file" in out
     assert main(["gateway", "status", "--spool-dir", str(tmp_path / "nowhere")]) == 2
     assert "not a gateway spool" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status"),
+    [
+        ("POST", "/gateway-api/v1/heartbeat", {"queued": -1}, 400),
+        ("POST", "/gateway-api/v1/heartbeat", {"queued": "many"}, 400),
+        ("POST", "/gateway-api/v1/instances/held", {"sop_instance_uids": ["1.2"] * 1001}, 400),
+        ("POST", "/gateway-api/v1/studies/1.2.3/reconcile", {"instances": {"1.2": "nothex"}}, 400),
+        ("POST", "/gateway-api/v1/studies/..%2F..%2Fetc/reconcile", {"instances": {}}, 404),
+        ("POST", "/gateway-api/v1/studies/1.2.x/reconcile", {"instances": {}}, 400),
+        ("GET", "/gateway-api/v1/studies/1.2.3/manifest", None, 404),
+        ("GET", "/gateway-api/v1/send-backs/999/instances", None, 404),
+        ("POST", "/gateway-api/v1/send-backs/999", {"ok": True}, 404),
+        ("POST", "/api/hospitals/NOPE/send-backs", {"study_instance_uid": "1.2.3"}, 404),
+        ("POST", "/api/hospitals/H1/send-backs", {"study_instance_uid": "x'; drop"}, 400),
+    ],
+)
+def test_hostile_gateway_api_requests_are_refused_precisely(
+    sqlite_node: Node, method: str, path: str, body: Any, status: int
+) -> None:
+    credential = sqlite_node.archive.hospitals.add_hospital("H1", "One")
+    with client(sqlite_node) as http:
+        response = http.request(
+            method, path, json=body, headers={"Authorization": f"Bearer {credential}"}
+        )
+        assert response.status_code == status, response.text
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["detail"]
+        # nobody else's credential works, and no request changed what is stored
+        assert http.get("/api/hospitals").json()["hospitals"][0]["studies"] == 0
+
+
+def test_a_gateway_cannot_see_or_take_another_hospitals_study(sqlite_node: Node) -> None:
+    archive = sqlite_node.archive
+    first = archive.hospitals.add_hospital("H1", "One")
+    second = archive.hospitals.add_hospital("H2", "Two")
+    [data] = _study(slices=1)
+    with client(sqlite_node) as http:
+        boundary = "b0undary"
+        body = (
+            f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+            + data
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
+        stored = http.post(
+            "/dicom-web/studies",
+            content=body,
+            headers={
+                "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+                "Authorization": f"Bearer {first}",
+            },
+        )
+        assert stored.status_code == 200
+        study, sop = _uid(data, "StudyInstanceUID"), _uid(data, "SOPInstanceUID")
+        other = {"Authorization": f"Bearer {second}"}
+        assert (
+            http.get(f"/gateway-api/v1/studies/{study}/manifest", headers=other).status_code == 404
+        )
+        held = http.post(
+            "/gateway-api/v1/instances/held", json={"sop_instance_uids": [sop]}, headers=other
+        )
+        assert held.json() == {"instances": {}}
+        mine = http.post(
+            "/gateway-api/v1/instances/held",
+            json={"sop_instance_uids": [sop]},
+            headers={"Authorization": f"Bearer {first}"},
+        )
+        assert mine.json()["instances"] == {sop: hashlib.sha256(data).hexdigest()}
+        wrong = http.post(
+            "/dicom-web/studies",
+            content=body,
+            headers={
+                "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+                "Authorization": "Bearer icg_forged",
+            },
+        )
+        assert wrong.status_code == 401
