@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from dataclasses import dataclass, field
 
 import pydicom.config
@@ -20,14 +22,45 @@ from viewer_api.deps import ApiSettings
 logger = logging.getLogger(__name__)
 
 
+class _HospitalsByAE:
+    """Calling AE title -> hospital key, remembered for a minute (one lookup per association
+    burst, not per instance; a new registration is seen within the minute)."""
+
+    def __init__(self, archive: Archive, ttl_seconds: float = 60.0) -> None:
+        self._archive = archive
+        self._ttl = ttl_seconds
+        self._known: dict[str, tuple[float, int | None]] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, ae_title: str) -> int | None:
+        now = time.monotonic()
+        with self._lock:
+            cached = self._known.get(ae_title)
+        if cached is not None and now - cached[0] < self._ttl:
+            return cached[1]
+        hospital = self._archive.hospitals.by_ae_title(ae_title)
+        pk = None if hospital is None else hospital.pk
+        with self._lock:
+            self._known[ae_title] = (now, pk)
+        return pk
+
+
 def archive_sink(archive: Archive) -> Sink:
-    """Connect the SCP to ingest: each received object is stored, refusals become statuses."""
+    """Connect the SCP to ingest: each received object is stored, refusals become statuses.
+
+    A study C-STOREd by a registered hospital's AE title belongs to that hospital, as if its
+    gateway had uploaded it, so the hospital finds it again by C-FIND.
+    """
+    hospital_of = _HospitalsByAE(archive)
 
     def sink(received: ReceivedObject) -> SinkResult:
         source = f"dimse:{received.calling_ae_title}@{received.peer_address}"
         try:
             archive.store(
-                received.part10, source=source, expected_sop_class_uid=received.sop_class_uid
+                received.part10,
+                source=source,
+                expected_sop_class_uid=received.sop_class_uid,
+                hospital_pk=hospital_of(received.calling_ae_title),
             )
         except ArchiveError as exc:
             logger.info("C-STORE refused with 0x%04X: %s", exc.dimse_status, exc.detail)

@@ -410,3 +410,16 @@ def test_c_cancel_stops_a_get(scope: Scope) -> None:
         )
     assert statuses[-1] == CANCELLED
     assert 1 <= len(received) < 3
+
+
+def test_study_stored_by_a_hospitals_ae_is_that_hospitals(scope: Scope) -> None:
+    study = StudySpec(patient=PATIENT, accession_number="ACC-DIRECT")
+    [ds] = ct_series(study, slices=1, size=16)
+    to_part10(ds)  # gives the dataset its File Meta (transfer syntax) for C-STORE
+    with _associate(scope.node.scp.port, "H2GW") as assoc:
+        assert assoc.send_c_store(ds).Status == SUCCESS
+    query = _query("STUDY", StudyInstanceUID=study.study_instance_uid)
+    found_by_h2, _ = _find(scope.node, "H2GW", query)
+    found_by_h1, _ = _find(scope.node, "H1GW", query)
+    assert [m.StudyInstanceUID for m in found_by_h2] == [study.study_instance_uid]
+    assert found_by_h1 == []
