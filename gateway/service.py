@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from collectors.storage_scp import ReceivedObject, SinkResult, StorageSCP
-from gateway.cloud_link import CloudLink
+from gateway.cloud_link import CloudLink, CloudLinkError
 from gateway.config import GatewayConfig
 from gateway.forwarder import Forwarder
 from gateway.monitor import audit_studies, safely, send_heartbeat
@@ -63,9 +63,16 @@ class Gateway:
         return result
 
     def wanted(self, study_uid: str, instance_count: int | None) -> bool:
-        """For pull collectors: is any of this study still missing from cloud and spool?"""
-        held = set(self.link.study_manifest(study_uid))
-        held |= {e.sop_instance_uid for e in self.spool.entries(study_uid)}
+        """For pull collectors: is any of this study still missing from cloud and spool?
+
+        While the cloud is unreachable the spool alone answers: collecting goes on during an
+        outage, which is what the spool is for.
+        """
+        held = {e.sop_instance_uid for e in self.spool.entries(study_uid)}
+        try:
+            held |= set(self.link.study_manifest(study_uid))
+        except CloudLinkError as exc:
+            logger.info("cloud unreachable for %s (%s); deciding from the spool", study_uid, exc)
         return instance_count is None or len(held) < instance_count
 
     def start(self) -> None:

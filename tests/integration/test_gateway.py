@@ -449,3 +449,27 @@ def test_a_gateway_cannot_see_or_take_another_hospitals_study(sqlite_node: Node)
             },
         )
         assert wrong.status_code == 401
+
+
+def test_pull_decisions_fall_back_to_the_spool_while_the_cloud_is_down(
+    tmp_path: Path,
+) -> None:
+    from gateway.config import GatewayConfig
+    from gateway.service import Gateway
+
+    gateway = Gateway(
+        GatewayConfig(
+            cloud_url=f"http://127.0.0.1:{free_port()}",
+            credential="icg_x",
+            spool_dir=tmp_path / "spool",
+            hospital_id="H1",
+        )
+    )
+    objects = _study(slices=2)
+    study = _uid(objects[0], "StudyInstanceUID")
+    assert gateway.wanted(study, 2)
+    for data in objects:
+        gateway.accept(data, "test")
+    assert not gateway.wanted(study, 2)  # all in the spool: do not ask the PACS again
+    assert gateway.wanted(study, 3)
+    gateway.spool.close()
