@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
-from pydicom.errors import InvalidDicomError
 
 from collectors.intake import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, SUCCESS, SinkResult
 
@@ -129,8 +128,8 @@ def identify(data: bytes) -> dict[str, str]:
             io.BytesIO(data), stop_before_pixels=True, specific_tags=list(_REQUIRED_UIDS)
         )
         uids = {name: str(dataset.get(name, "") or "").strip() for name in _REQUIRED_UIDS}
-    except (InvalidDicomError, ValueError, EOFError, OSError, KeyError, TypeError) as exc:
-        raise NotDicomError(f"unreadable DICOM: {exc}") from exc
+    except Exception as exc:  # pydicom raises many kinds on damaged input; all mean "unreadable"
+        raise NotDicomError(f"unreadable DICOM: {type(exc).__name__}: {exc}") from exc
     missing = [name for name, value in uids.items() if not value]
     if missing:
         raise NotDicomError(f"missing {', '.join(missing)}")

@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gateway.spool import Spool, identify
 from imaging_cloud.synthetic import PatientSpec, StudySpec, ct_series, to_part10
@@ -129,3 +131,22 @@ def test_spool_survives_reopen(tmp_path: Path, objects: list[bytes]) -> None:
     first.close()
     again = Spool(tmp_path / "s")
     assert again.status().queued == 1
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(damage=st.binary(max_size=64), cut=st.integers(min_value=0, max_value=2000))
+def test_damaged_bytes_are_stored_or_quarantined_never_raised(
+    spool: Spool, objects: list[bytes], damage: bytes, cut: int
+) -> None:
+    """Whatever arrives, the sink answers: stored (and journaled) or quarantined with a reason."""
+    original = objects[0]
+    data = original[:cut] + damage + original[cut + len(damage) :]
+    result = spool.accept(data, "fuzz")
+    assert result.taken
+    if result.status == 0:
+        sha = hashlib.sha256(data).hexdigest()
+        assert spool.object_path(sha).read_bytes() == data
+    else:
+        assert result.quarantined and result.error_comment
