@@ -133,6 +133,7 @@ def test_spool_survives_reopen(tmp_path: Path, objects: list[bytes]) -> None:
     assert again.status().queued == 1
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom on damaged values
 @settings(
     max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
