@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pydicom.config
+
 from collectors.storage_scp import ReceivedObject, SinkResult, StorageSCP
 from gateway.cloud_link import CloudLink, CloudLinkError
 from gateway.config import GatewayConfig
@@ -26,6 +28,9 @@ logger = logging.getLogger(__name__)
 
 class Gateway:
     def __init__(self, config: GatewayConfig) -> None:
+        # The spool reads only four UIDs; pydicom's per-value checks would just fill the log
+        # with warnings about attributes the gateway never looks at.
+        pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
         self.config = config
         self.spool = Spool(config.spool_dir)
         self.link = CloudLink(

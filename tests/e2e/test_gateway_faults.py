@@ -26,7 +26,7 @@ from gateway.spool import Spool
 from imaging_cloud.synthetic import PatientSpec, StudySpec, ct_series, write_files
 from tests.support.servers import free_port
 
-pytestmark = [pytest.mark.needs_dcmtk, pytest.mark.slow]
+pytestmark = pytest.mark.needs_dcmtk  # ~20 s: part of the quick run, it is the point of issue 3
 
 CLI = [sys.executable, "-m", "imaging_cloud.cli"]
 
