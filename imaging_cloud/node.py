@@ -94,7 +94,11 @@ class Node:
         )
         self.app = create_app(
             self.archive,
-            ApiSettings(max_stow_bytes=s.max_stow_bytes),
+            ApiSettings(
+                max_stow_bytes=s.max_stow_bytes,
+                volume_cache_bytes=s.volume_cache_bytes,
+                volume_cache_url=s.volume_cache_url,
+            ),
             health_checks={"dicom": self.scp.ready.is_set},
         )
         self.alerts = AlertMonitor(

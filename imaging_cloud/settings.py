@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     database_url: str
     blob_url: str
     max_stow_bytes: int = Field(gt=0)
+    volume_cache_bytes: int = Field(ge=0)
+    volume_cache_url: str = Field(pattern=r"^(|rediss?://.*|unix://.*)$")
     alert_webhook_url: str
     alert_check_seconds: float = Field(gt=0)
     alert_stale_heartbeat_seconds: float = Field(gt=0)

@@ -9,9 +9,11 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from cloud.archive import Archive
-from viewer_api import gateway_api, qido, stow, wado
+from viewer_api import gateway_api, qido, stow, viewer, wado
 from viewer_api.deps import ApiSettings
 from viewer_api.problems import install_problem_handlers
+from viewer_api.volume_cache import Volumes, open_volume_cache
+from viewer_api.web import router as web_router
 
 HealthCheck = Callable[[], bool]
 
@@ -29,13 +31,18 @@ def create_app(
         version="0.1.0",
     )
     app.state.archive = archive
-    app.state.api_settings = settings or ApiSettings()
+    app.state.api_settings = api_settings = settings or ApiSettings()
+    app.state.volumes = Volumes(
+        open_volume_cache(api_settings.volume_cache_bytes, api_settings.volume_cache_url)
+    )
     checks = {"index": lambda: _index_ok(archive), **(health_checks or {})}
     install_problem_handlers(app)
     for router in (qido.router, wado.router, stow.router):
         app.include_router(router, prefix="/dicom-web")
     app.include_router(gateway_api.router)
     app.include_router(gateway_api.operators)
+    app.include_router(viewer.router)
+    app.include_router(web_router)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> Response:

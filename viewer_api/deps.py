@@ -16,6 +16,9 @@ class ApiSettings:
 
     max_stow_bytes: int = 2 * 1024**3
     max_query_results: int = 10_000
+    # Assembled MPR volumes kept in this process (bytes of voxels), or in Redis if a URL is set.
+    volume_cache_bytes: int = 1024**3
+    volume_cache_url: str = ""
 
 
 def get_archive(request: Request) -> Archive:
