@@ -23,7 +23,7 @@ POSTGRES_ENV = "IMAGING_CLOUD_TEST_DATABASE_URL"
 
 @pytest.hookimpl(tryfirst=True)  # before skipif marks are evaluated
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    """Where CI promises DCMTK or Orthanc, a test that needs it fails instead of skipping."""
+    """Where CI promises DCMTK, Orthanc or Chromium, a test needing it fails, never skips."""
     if item.get_closest_marker("needs_dcmtk") and not shutil.which("storescu"):
         if os.environ.get("IMAGING_CLOUD_REQUIRE_DCMTK"):
             pytest.fail("IMAGING_CLOUD_REQUIRE_DCMTK is set but storescu is not installed")
@@ -32,6 +32,10 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         if os.environ.get("IMAGING_CLOUD_REQUIRE_ORTHANC"):
             pytest.fail("IMAGING_CLOUD_REQUIRE_ORTHANC is set but Orthanc is not installed")
         pytest.skip("Orthanc not installed (apt-get install orthanc orthanc-dicomweb)")
+    if item.get_closest_marker("needs_chromium") and not os.path.exists("/usr/bin/chromium"):
+        if os.environ.get("IMAGING_CLOUD_REQUIRE_CHROMIUM"):
+            pytest.fail("IMAGING_CLOUD_REQUIRE_CHROMIUM is set but /usr/bin/chromium is missing")
+        pytest.skip("Chromium not installed (apt-get install chromium)")
 
 
 def _postgres_schema_url(base_url: str) -> Iterator[str]:

@@ -172,7 +172,8 @@ export class ImageViewport {
     try {
       // Latest wins: one request at a time; whatever arrives is shown, then the newest wish
       // is fetched until what is shown is what is wanted.
-      for (let guard = 0; guard < 100; guard++) {
+      // Each turn either awaits a request or shows what is wanted, so the loop ends.
+      for (;;) {
         const want = this.want;
         if (!want || this.shownUrl === want.full || this.failedUrl === want.full) break;
         let entry = images.peek(want.full);
