@@ -82,7 +82,8 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"  {'hospitals':9} {cloud_url}/api/hospitals")
         print("\nStudies loaded:")
         for uid, label in studies:
-            print(f"  {label}: {urls['dicomweb']}/studies/{uid}/series")
+            print(f"  {label}:\n    viewer   {cloud_url}/viewer/?study={uid}")
+            print(f"    dicomweb {urls['dicomweb']}/studies/{uid}/series")
         port = node.scp.port
         print(f"\nTry:\n  echoscu -aec {node.settings.ae_title} 127.0.0.1 {port}")
         print(f"  storescu -aec DEMOGW 127.0.0.1 {gateway.scp.port} FILE.dcm   # via the gateway")
