@@ -82,14 +82,14 @@ def load_demo_data(
         accession_number="DEMO0001",
     )
     loaded = []
-    objects = [to_part10(ds) for ds in ct_series(study, slices=48, size=256)]
+    objects = [to_part10(ds) for ds in ct_series(study, slices=64, size=256)]
     if gateway is not None:
         push_through_gateway(gateway, objects)
-        label = "synthetic CT, 48 slices (patient 张三), sent through the demo gateway"
+        label = "synthetic CT, 64 slices (patient 张三), sent through the demo gateway"
     else:
         for data in track(objects, description="synthetic CT"):
             archive.store(data, source="demo")
-        label = "synthetic CT, 48 slices (patient 张三)"
+        label = "synthetic CT, 64 slices (patient 张三)"
     loaded.append((study.study_instance_uid, label))
     folder = samples or default_samples()
     if folder is not None:
