@@ -20,7 +20,7 @@ from cloud.errors import InstanceNotFoundError
 from cloud.query import Match, Query
 from mpr.measure import angle_deg, distance_mm, region_statistics
 from mpr.volume import Volume, VolumeError
-from viewer_api import viewer_mpr, viewer_render
+from viewer_api import viewer_fusion, viewer_mpr, viewer_render
 from viewer_api.deps import ArchiveDep, SettingsDep
 from viewer_api.problems import HTTPProblem
 from viewer_api.viewer_params import SERIES
@@ -37,6 +37,7 @@ from viewer_api.volume_cache import Volumes, volume_key
 router = APIRouter(prefix="/viewer-api", tags=["viewer"])
 router.include_router(viewer_render.router)
 router.include_router(viewer_mpr.router)
+router.include_router(viewer_fusion.router)
 
 _LOOKUP_KEYS = ("AccessionNumber", "StudyInstanceUID", "PatientID")
 

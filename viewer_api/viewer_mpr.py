@@ -70,7 +70,7 @@ class MprRequest:
         }
 
 
-def _mpr_request(
+def parse_mpr_request(
     plane: str | None,
     position: float | None,
     mode: str,
@@ -155,7 +155,7 @@ class MprImage:
     window: Window
 
 
-def _mpr_image(volume: Volume, request: MprRequest) -> MprImage:
+def render_plane(volume: Volume, request: MprRequest) -> MprImage:
     try:
         reslice = orthogonal(
             volume,
@@ -221,7 +221,7 @@ async def _mpr(
         return not_modified(etag)
 
     def work() -> tuple[bytes | None, MprImage]:
-        image = _mpr_image(series_volume(archive, volumes, located), parsed)
+        image = render_plane(series_volume(archive, volumes, located), parsed)
         if media_type == "application/json":
             return None, image
         return encode(image.display, media_type, quality=quality), image
@@ -256,7 +256,7 @@ async def mpr_image(
 ) -> Response:
     """An axial, sagittal or coronal plane or slab; its geometry in ``X-MPR-Geometry``."""
     media_type = accepted_image_type(request)
-    parsed = _mpr_request(plane, position, mode, thickness, window, preset, invert, size)
+    parsed = parse_mpr_request(plane, position, mode, thickness, window, preset, invert, size)
     return await _mpr(request, archive, volumes, (study, series), parsed, media_type, quality)
 
 
@@ -279,5 +279,5 @@ async def mpr_geometry(
 ) -> Response:
     """The ``X-MPR-Geometry`` of the same query, as the JSON body."""
     del quality  # accepted so that the image URL's query can be reused as is
-    parsed = _mpr_request(plane, position, mode, thickness, window, preset, invert, size)
+    parsed = parse_mpr_request(plane, position, mode, thickness, window, preset, invert, size)
     return await _mpr(request, archive, volumes, (study, series), parsed, "application/json", 90)
