@@ -33,6 +33,7 @@ test: lint typecheck
 bench: install
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/gateway.py
+	$(BIN)/python bench/viewer.py
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
