@@ -110,6 +110,9 @@ export function frameUrl(study, series, sop, frame, query) {
 export function mprUrl(study, series, query) {
   return `${seriesUrl(study, series)}/mpr` + qs(query);
 }
+export function fusionUrl(study, series, query) {
+  return `${seriesUrl(study, series)}/fusion` + qs(query);
+}
 export function metadataUrl(study, series) {
   return `/dicom-web/studies/${enc(study)}/series/${enc(series)}/metadata`;
 }
@@ -216,6 +219,7 @@ class ImageLoader {
       entry.headers = {
         window: response.headers.get("X-Window"),
         geometry: response.headers.get("X-MPR-Geometry"),
+        overlayWindow: response.headers.get("X-Overlay-Window"),
       };
       entry.objectUrl = URL.createObjectURL(blob);
       entry.bytes = blob.size;

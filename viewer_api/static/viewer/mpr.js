@@ -1,7 +1,8 @@
 // MPR: axial, coronal and sagittal planes of one series side by side, with position sliders,
 // cross-reference lines, slab mode and thickness. The server reslices; see /mpr in the contract.
 
-import { getJSON, mprUrl, seriesUrl } from "./api.js";
+import { fusionUrl, getJSON, mprUrl, seriesUrl } from "./api.js";
+import { fusionCorner, fusionQuery } from "./fusion.js";
 import * as G from "./geometry.js";
 import { ImageViewport, LOW_SIZE, minor } from "./viewport.js";
 
@@ -19,6 +20,7 @@ export class MprViewport extends ImageViewport {
     this.plane = plane;
     this.info = ctl.volume.planes[plane];
     this.geometry = null;
+    this.overlayWindow = null; // "c,w" the server applied to the overlay (X-Overlay-Window)
     this.el.classList.add("mpr-view", `plane-${plane}`);
     this.el.dataset.plane = plane;
     const [a, b] = this.info.position_range_mm;
@@ -53,6 +55,7 @@ export class MprViewport extends ImageViewport {
       ...this.windowQuery(),
       size: low ? LOW_SIZE : null,
     };
+    if (ctl.fusion) return fusionUrl(ctl.study, ctl.series.series_instance_uid, fusionQuery(ctl.fusion, query));
     return mprUrl(ctl.study, ctl.series.series_instance_uid, query);
   }
 
@@ -62,6 +65,7 @@ export class MprViewport extends ImageViewport {
   }
 
   onShown(entry, low) {
+    this.overlayWindow = entry.headers.overlayWindow || null;
     if (low || !entry.headers.geometry) return;
     try {
       this.geometry = JSON.parse(entry.headers.geometry);
@@ -115,7 +119,7 @@ export class MprViewport extends ImageViewport {
         `Pos ${G.fmt(this.position(), 1)} mm`,
         slab,
       ],
-      br: [],
+      br: fusionCorner(ctl.fusion, this.overlayWindow),
     };
   }
 
@@ -159,6 +163,7 @@ export class MprController {
     this.geometries = {};
     this.mode = "thin";
     this.thickness = 1;
+    this.fusion = null;
   }
 
   async open(studyInfo, series, windowState) {
@@ -209,6 +214,17 @@ export class MprController {
     }
   }
 
+  /** fusion: null, or { overlay: series uid, label, opacity 0..1, colourMap }. */
+  setFusion(fusion) {
+    this.fusion = fusion;
+    for (const view of this.views) {
+      view.overlayWindow = null;
+      view.clearError(); // a cached image is shown without a request; a new failure shows again
+      view.requestRender();
+      view.updateCorners();
+    }
+  }
+
   redrawOthers(source) {
     for (const view of this.views) if (view !== source) view.updateOverlay();
   }
@@ -221,5 +237,6 @@ export class MprController {
     for (const view of this.views) view.destroy();
     this.views = [];
     this.volume = null;
+    this.fusion = null;
   }
 }

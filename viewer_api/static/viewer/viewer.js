@@ -5,6 +5,7 @@ import {
   API, ApiError, frameUrl, getJSON, images, metadataUrl, setToken, stats, studyUrl, takeToken,
 } from "./api.js";
 import * as G from "./geometry.js";
+import { FusionControl } from "./fusion.js";
 import { MprController } from "./mpr.js";
 import { settings, StackViewport } from "./viewport.js";
 
@@ -273,6 +274,7 @@ async function openMpr() {
     app.mpr.mode = $("#mpr-mode").value;
     app.mpr.thickness = currentThickness();
     const views = await app.mpr.open(app.study, series, view.windowState);
+    fusion.populate(app.study, series);
     $("#mpr-info").textContent = app.mpr.describe();
     app.active = null;
     app.activate(views[0]);
@@ -456,6 +458,7 @@ function wireToolbar() {
 }
 
 app.mpr = new MprController(app, $("#mpr-grid"));
+const fusion = new FusionControl(app.mpr);
 window.viewerApp = app; // for debugging from the console
 wireToolbar();
 document.body.dataset.tool = settings.tool;
