@@ -144,7 +144,6 @@ async def rendered_frame(
     media_type = accepted_image_type(request)
     explicit = explicit_window(window, preset)
     parsed_region, parsed_size = parse_region(region), parse_size(size)
-    await run_in_threadpool(archive.locate, study, series, sop)  # 404 before 304
     parameters = {
         "frame": n,
         "window": window_key(explicit),
@@ -155,8 +154,10 @@ async def rendered_frame(
     }
     etag = strong_etag(instances_digest([sop]), parameters, media_type)
     if matches(request, etag):
+        await run_in_threadpool(archive.locate, study, series, sop)  # 404 before 304
         return not_modified(etag)
 
+    # The common case, a new image: one worker hop and one index lookup (in _read_instance).
     def work() -> tuple[bytes, Window | None]:
         ds = _read_instance(archive, study, series, sop, n)
         return _render_stored_frame(
