@@ -15,6 +15,7 @@ from cloud.blobstore import BlobStore, open_blob_store
 from cloud.database import create_index_engine, migrate, session_factory, sqlite_url
 from cloud.errors import BackendUnavailableError, InstanceNotFoundError
 from cloud.hospitals import HospitalRegistry
+from cloud.identity import UserDirectory
 from cloud.ingest import Ingestor, StoreOutcome
 from cloud.models import Instance, InstanceMetadata, Series, Study
 from cloud.query import Match, Query, search
@@ -46,6 +47,7 @@ class Archive:
         self._sessions: sessionmaker[Session] = session_factory(engine)
         self._ingestor = Ingestor(self._sessions, blobs)
         self.hospitals = HospitalRegistry(self._sessions)
+        self.users = UserDirectory(self._sessions)
 
     @classmethod
     def open(cls, data_dir: Path, database_url: str = "", blob_url: str = "") -> Archive:

@@ -213,3 +213,22 @@ class Alert(Base):
     message: Mapped[str] = mapped_column(Text)
     raised_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     cleared_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class User(Base):
+    """A person who signs in: belongs to a hospital (none for regional roles) and a department."""
+
+    __tablename__ = "users"
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    role: Mapped[str] = mapped_column(String(32))
+    hospital_pk: Mapped[int | None] = mapped_column(
+        ForeignKey("hospitals.pk"), nullable=True, index=True
+    )
+    department: Mapped[str] = mapped_column(String(64), default="")
+    # active | suspended | retired: only active users get tokens, and a token is checked
+    # against this on every use, so staff who leave lose access at once.
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

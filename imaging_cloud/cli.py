@@ -139,6 +139,34 @@ def _rotate_credential(args: argparse.Namespace) -> int:
     return 0
 
 
+def _create_user(args: argparse.Namespace) -> int:
+    password = args.password or os.environ.get("IMAGING_CLOUD_NEW_USER_PASSWORD", "")
+    archive = _open_archive(args)
+    try:
+        user = archive.users.create_user(
+            args.username,
+            password,
+            args.role,
+            hospital_id=args.hospital,
+            department=args.department or "",
+        )
+    finally:
+        archive.close()
+    where = f" at {user.hospital_id}" if user.hospital_id else ""
+    print(f"user {user.username} created: {user.role}{where}")
+    return 0
+
+
+def _set_user_status(args: argparse.Namespace) -> int:
+    archive = _open_archive(args)
+    try:
+        archive.users.set_status(args.username, args.status)
+    finally:
+        archive.close()
+    print(f"user {args.username} is now {args.status}")
+    return 0
+
+
 def _send_back(args: argparse.Namespace) -> int:
     archive = _open_archive(args)
     try:
@@ -168,6 +196,21 @@ def _add_admin_commands(commands: Any) -> None:
     _add_archive_options(rotate)
     rotate.add_argument("--hospital-id", required=True)
     rotate.set_defaults(handler=_rotate_credential)
+    user = actions.add_parser("create-user", help="create a user with a role")
+    _add_archive_options(user)
+    user.add_argument("--username", required=True)
+    user.add_argument(
+        "--password", help="at least 10 characters (or $IMAGING_CLOUD_NEW_USER_PASSWORD)"
+    )
+    user.add_argument("--role", required=True, help="a role of config/roles.toml")
+    user.add_argument("--hospital", help="hospital id (none for regional roles)")
+    user.add_argument("--department")
+    user.set_defaults(handler=_create_user)
+    status = actions.add_parser("set-user-status", help="suspend, retire or reactivate a user")
+    _add_archive_options(status)
+    status.add_argument("--username", required=True)
+    status.add_argument("--status", required=True, choices=["active", "suspended", "retired"])
+    status.set_defaults(handler=_set_user_status)
     back = actions.add_parser("send-back", help="send a study back to its hospital's PACS")
     _add_archive_options(back)
     back.add_argument("--hospital-id", required=True)

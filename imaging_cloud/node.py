@@ -12,6 +12,7 @@ import uvicorn
 
 from cloud.archive import Archive
 from cloud.errors import ArchiveError
+from cloud.identity import TokenSigner
 from cloud.monitoring import AlertMonitor, AlertPolicy
 from collectors.storage_scp import ReceivedObject, Sink, SinkResult, StorageSCP
 from imaging_cloud.dimse_qr import ArchiveQueryRetrieve
@@ -100,6 +101,7 @@ class Node:
                 volume_cache_url=s.volume_cache_url,
             ),
             health_checks={"dicom": self.scp.ready.is_set},
+            tokens=TokenSigner(s.data_dir / "keys" / "token.key"),
         )
         self.alerts = AlertMonitor(
             self.archive.sessions,

@@ -9,7 +9,8 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from cloud.archive import Archive
-from viewer_api import gateway_api, qido, stow, viewer, wado
+from cloud.identity import TokenSigner
+from viewer_api import auth_api, gateway_api, qido, stow, viewer, wado
 from viewer_api.deps import ApiSettings
 from viewer_api.problems import install_problem_handlers
 from viewer_api.volume_cache import Volumes, open_volume_cache
@@ -23,6 +24,7 @@ def create_app(
     settings: ApiSettings | None = None,
     *,
     health_checks: dict[str, HealthCheck] | None = None,
+    tokens: TokenSigner | None = None,
 ) -> FastAPI:
     """Build the API around an open archive; ``health_checks`` name the other parts to watch."""
     app = FastAPI(
@@ -31,6 +33,7 @@ def create_app(
         version="0.1.0",
     )
     app.state.archive = archive
+    app.state.tokens = tokens
     app.state.api_settings = api_settings = settings or ApiSettings()
     app.state.volumes = Volumes(
         open_volume_cache(api_settings.volume_cache_bytes, api_settings.volume_cache_url)
@@ -42,6 +45,8 @@ def create_app(
     app.include_router(gateway_api.router)
     app.include_router(gateway_api.operators)
     app.include_router(viewer.router)
+    if tokens is not None:
+        app.include_router(auth_api.router)
     app.include_router(web_router)
 
     @app.get("/healthz", tags=["health"])

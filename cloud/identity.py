@@ -1,0 +1,216 @@
+"""Identity: users with argon2 passwords, roles from `config/roles.toml`, signed access tokens.
+
+A token is a JWT (HS256) signed with a key kept in the data directory; it names the user and
+expires. Every use of a token looks the user up again, so a suspended or retired account is
+refused at once even while its token has not expired.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import time
+import tomllib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jwt
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from cloud.errors import ArchiveError, InvalidQueryError
+from cloud.models import Hospital, User
+
+ROLES_FILE = Path(__file__).resolve().parents[1] / "config" / "roles.toml"
+USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{1,63}$")
+STATUSES = ("active", "suspended", "retired")
+MIN_PASSWORD_LENGTH = 10
+TOKEN_SECONDS = 8 * 3600  # one working shift
+
+_hasher = PasswordHasher()
+# Verified against when the username is unknown, so both cases cost one argon2 verification
+# and the response time does not tell which usernames exist.
+_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+
+
+class UserExistsError(ArchiveError):
+    title = "User already exists"
+    http_status = 409
+
+
+class AuthenticationError(ArchiveError):
+    title = "Unauthorized"
+    http_status = 401
+
+
+@dataclass(frozen=True)
+class Role:
+    name: str
+    label: str
+    scope: str
+    phi: bool
+    permissions: frozenset[str]
+
+
+@cache
+def roles(path: Path = ROLES_FILE) -> dict[str, Role]:
+    """The role matrix, as data; a malformed file is an error naming the role."""
+    document = tomllib.loads(path.read_text(encoding="utf-8"))
+    found: dict[str, Role] = {}
+    for name, entry in document.get("roles", {}).items():
+        try:
+            found[name] = Role(
+                name,
+                str(entry["label"]),
+                str(entry["scope"]),
+                bool(entry["phi"]),
+                frozenset(str(p) for p in entry["permissions"]),
+            )
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"{path}: role {name!r} needs label, scope, phi, permissions") from exc
+    return found
+
+
+@dataclass(frozen=True)
+class UserRef:
+    pk: int
+    username: str
+    role: str
+    hospital_id: str | None
+    department: str
+    status: str
+
+    def as_dict(self) -> dict[str, Any]:
+        role = roles().get(self.role)
+        return {
+            "username": self.username,
+            "role": self.role,
+            "hospital_id": self.hospital_id,
+            "department": self.department,
+            "status": self.status,
+            "permissions": sorted(role.permissions) if role else [],
+            "phi": bool(role and role.phi),
+        }
+
+
+class TokenSigner:
+    """Issues and checks access tokens with a key from ``key_file`` (created 0600 if absent)."""
+
+    def __init__(self, key_file: Path, lifetime_seconds: int = TOKEN_SECONDS) -> None:
+        self.lifetime_seconds = lifetime_seconds
+        if not key_file.exists():
+            key_file.parent.mkdir(parents=True, exist_ok=True)
+            descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "wb") as handle:
+                handle.write(secrets.token_bytes(32))
+        self._key = key_file.read_bytes()
+
+    def issue(self, user: UserRef) -> str:
+        now = int(time.time())
+        claims = {"sub": user.username, "role": user.role, "iat": now}
+        claims["exp"] = now + self.lifetime_seconds
+        return jwt.encode(claims, self._key, algorithm="HS256")
+
+    def subject(self, token: str) -> str:
+        """The username a valid, unexpired token names; AuthenticationError otherwise."""
+        try:
+            claims = jwt.decode(
+                token, self._key, algorithms=["HS256"], options={"require": ["exp", "sub"]}
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise AuthenticationError("the access token has expired; sign in again") from exc
+        except jwt.InvalidTokenError as exc:
+            raise AuthenticationError("the access token is not valid") from exc
+        return str(claims["sub"])
+
+
+class UserDirectory:
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self._sessions = sessions
+
+    def create_user(
+        self,
+        username: str,
+        password: str,
+        role: str,
+        *,
+        hospital_id: str | None = None,
+        department: str = "",
+    ) -> UserRef:
+        if not USERNAME.match(username):
+            raise InvalidQueryError(
+                f"username {username!r}: 2-64 letters, digits, '_', '.', '@', '-'"
+            )
+        if len(password) < MIN_PASSWORD_LENGTH:
+            raise InvalidQueryError(f"passwords need at least {MIN_PASSWORD_LENGTH} characters")
+        if role not in roles():
+            raise InvalidQueryError(f"unknown role {role!r}; roles: {', '.join(sorted(roles()))}")
+        with self._sessions() as session:
+            hospital_pk = None
+            if hospital_id:
+                hospital_pk = session.scalar(
+                    select(Hospital.pk).where(Hospital.hospital_id == hospital_id)
+                )
+                if hospital_pk is None:
+                    raise InvalidQueryError(f"hospital {hospital_id} is not registered")
+            row = User(
+                username=username,
+                password_hash=_hasher.hash(password),
+                role=role,
+                hospital_pk=hospital_pk,
+                department=department.strip()[:64],
+                status="active",
+                created_at=datetime.now(UTC),
+            )
+            session.add(row)
+            try:
+                session.commit()
+            except IntegrityError as exc:
+                raise UserExistsError(f"user {username} already exists") from exc
+        found = self.by_username(username)
+        assert found is not None
+        return found
+
+    def by_username(self, username: str) -> UserRef | None:
+        with self._sessions() as session:
+            row = session.execute(
+                select(User, Hospital.hospital_id)
+                .outerjoin(Hospital, User.hospital_pk == Hospital.pk)
+                .where(User.username == username)
+            ).first()
+            if row is None:
+                return None
+            user, hospital_id = row
+            return UserRef(
+                user.pk, user.username, user.role, hospital_id, user.department, user.status
+            )
+
+    def authenticate(self, username: str, password: str) -> UserRef:
+        """The active user with this password; AuthenticationError (one message) otherwise."""
+        with self._sessions() as session:
+            stored = session.scalar(select(User.password_hash).where(User.username == username))
+        try:
+            _hasher.verify(stored or _DUMMY_HASH, password)
+        except (VerificationError, InvalidHashError):
+            stored = None
+        user = self.by_username(username) if stored else None
+        if user is None or user.status != "active":
+            raise AuthenticationError("wrong username or password, or the account is not active")
+        return user
+
+    def set_status(self, username: str, status: str) -> None:
+        if status not in STATUSES:
+            raise InvalidQueryError(f"status must be one of {', '.join(STATUSES)}")
+        with self._sessions() as session:
+            row = session.scalar(select(User).where(User.username == username))
+            if row is None:
+                raise InvalidQueryError(f"user {username} does not exist")
+            row.status = status
+            session.commit()
