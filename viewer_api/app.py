@@ -34,6 +34,7 @@ def create_app(
     )
     app.state.archive = archive
     app.state.tokens = tokens
+    app.state.sign_in_limits = auth_api.SignInLimits()
     app.state.api_settings = api_settings = settings or ApiSettings()
     app.state.volumes = Volumes(
         open_volume_cache(api_settings.volume_cache_bytes, api_settings.volume_cache_url)

@@ -6,6 +6,7 @@ Tokens are used as ``Authorization: Bearer …``. Route-by-route enforcement of 
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, Request
@@ -14,6 +15,7 @@ from fastapi.concurrency import run_in_threadpool
 from cloud.identity import AuthenticationError, TokenSigner, UserRef
 from viewer_api.deps import ArchiveDep
 from viewer_api.gateway_api import bearer_token
+from viewer_api.rate_limit import FailureLimiter
 
 router = APIRouter(prefix="/api/auth", tags=["auth"])
 
@@ -41,14 +43,34 @@ async def current_user(request: Request, archive: ArchiveDep, tokens: TokensDep)
 CurrentUser = Annotated[UserRef, Depends(current_user)]
 
 
+@dataclass(frozen=True)
+class SignInLimits:
+    """Failed sign-ins per account (guessing one password) and per client address (trying
+    many accounts); the address limit is higher because a hospital's staff share a NAT."""
+
+    per_user: FailureLimiter = field(default_factory=lambda: FailureLimiter(5, 900))
+    per_address: FailureLimiter = field(default_factory=lambda: FailureLimiter(50, 900))
+
+
 @router.post("/token")
 async def issue_token(
+    request: Request,
     username: Annotated[str, Form(max_length=64)],
     password: Annotated[str, Form(max_length=1024)],
     archive: ArchiveDep,
     tokens: TokensDep,
 ) -> dict[str, Any]:
-    user = await run_in_threadpool(archive.users.authenticate, username, password)
+    limits: SignInLimits = request.app.state.sign_in_limits
+    client = request.client.host if request.client else "unknown"
+    limits.per_user.check(username)
+    limits.per_address.check(client)
+    try:
+        user = await run_in_threadpool(archive.users.authenticate, username, password)
+    except AuthenticationError:
+        limits.per_user.failed(username)
+        limits.per_address.failed(client)
+        raise
+    limits.per_user.succeeded(username)
     return {
         "access_token": tokens.issue(user),
         "token_type": "bearer",

@@ -21,9 +21,12 @@ PROBLEM_JSON = "application/problem+json"
 class HTTPProblem(Exception):
     """A refusal decided in the HTTP layer (bad header, unacceptable media type, ...)."""
 
-    def __init__(self, status: int, title: str, detail: str) -> None:
+    def __init__(
+        self, status: int, title: str, detail: str, *, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(detail)
         self.status, self.title, self.detail = status, title, detail
+        self.headers = headers or {}
 
 
 def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
@@ -40,7 +43,9 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPProblem)
     async def _http_problem(_request: Request, exc: HTTPProblem) -> JSONResponse:
-        return problem(exc.status, exc.title, exc.detail)
+        response = problem(exc.status, exc.title, exc.detail)
+        response.headers.update(exc.headers)
+        return response
 
     @app.exception_handler(MultipartError)
     async def _multipart(_request: Request, exc: MultipartError) -> JSONResponse:

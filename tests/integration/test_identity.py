@@ -112,3 +112,19 @@ def test_admin_cli_creates_and_retires_users(
             archive.users.authenticate("qian.li", PASSWORD)
     finally:
         archive.close()
+
+
+def test_password_guessing_is_slowed_down(sqlite_node: Node) -> None:
+    sqlite_node.archive.users.create_user("sun.hao", PASSWORD, "radiologist")
+    with client(sqlite_node) as http:
+        for _ in range(5):
+            wrong = http.post("/api/auth/token", data={"username": "sun.hao", "password": "guess"})
+            assert wrong.status_code == 401
+        locked = http.post("/api/auth/token", data={"username": "sun.hao", "password": PASSWORD})
+        assert locked.status_code == 429  # even the right password, until the window passes
+        assert int(locked.headers["Retry-After"]) > 0
+        assert "failed attempts" in locked.json()["detail"]
+        # another account from the same address is not locked by this one's failures
+        sqlite_node.archive.users.create_user("he.yu", PASSWORD, "clinician")
+        fine = http.post("/api/auth/token", data={"username": "he.yu", "password": PASSWORD})
+        assert fine.status_code == 200
