@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydicom import dcmread
+from pydicom.dataset import Dataset
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -130,6 +134,13 @@ class Archive:
     def read(self, stored: StoredInstance) -> bytes:
         """The original Part-10 bytes, exactly as received."""
         return self.blobs.get(stored.blob_key)
+
+    def read_dataset(self, stored: StoredInstance) -> Dataset:
+        """The stored object parsed (pixel data included); pydicom's value warnings silenced,
+        since the object passed validation at ingest."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return dcmread(io.BytesIO(self.read(stored)))
 
     def metadata_json(self, stored: StoredInstance) -> str:
         """Cached DICOM JSON of one instance (bulk data as placeholder URIs)."""

@@ -260,10 +260,6 @@ class HospitalRegistry:
             )
             return [{"kind": row.kind, "message": row.message} for row in rows]
 
-    def latest_heartbeats(self) -> dict[int, GatewayHeartbeat]:
-        with self._sessions() as session:
-            return {row.hospital_pk: row for row in session.scalars(select(GatewayHeartbeat))}
-
     # -- back to the hospital -------------------------------------------------------------
 
     def request_send_back(self, hospital: HospitalRef, study_uid: str) -> int:

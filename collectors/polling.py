@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
+from collectors.durable import write_durably
 from collectors.intake import OUT_OF_RESOURCES, IntakeSink, SinkResult
 
 logger = logging.getLogger(__name__)
@@ -141,7 +142,7 @@ class TakenMemory:
             "version": _STATE_VERSION,
             "taken": {key: list(stamp) for key, stamp in sorted(self._taken.items())},
         }
-        _write_atomically(self._path, json.dumps(state, indent=1).encode("utf-8"))
+        write_durably(self._path, json.dumps(state, indent=1).encode("utf-8"))
         self._dirty = False
 
 
@@ -166,21 +167,6 @@ def _load_state(path: Path) -> dict[str, FileStamp]:
             "state file %s unreadable (%s); moved to %s, starting afresh", path, exc, aside
         )
         return {}
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 def is_out_of_resources(result: SinkResult) -> bool:

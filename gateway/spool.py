@@ -32,6 +32,7 @@ from typing import Any
 
 from pydicom import dcmread
 
+from collectors.durable import write_durably
 from collectors.intake import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, SUCCESS, SinkResult
 
 logger = logging.getLogger(__name__)
@@ -255,18 +256,8 @@ class Spool:
     def _write_durably(self, path: Path, data: bytes) -> None:
         if path.exists() and path.stat().st_size == len(data):
             return  # content-addressed: same name, same bytes
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.root / "tmp" / f"{path.name}.{os.getpid()}.{threading.get_ident()}"
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        partial = self.root / "tmp" / f"{path.name}.{os.getpid()}.{threading.get_ident()}"
+        write_durably(path, data, partial)
 
     @staticmethod
     def _touch_study(db: sqlite3.Connection, study_uid: str, now: float) -> None:
@@ -443,8 +434,10 @@ class Spool:
         )
         for row in rows:
             self.object_path(row[0]).unlink(missing_ok=True)
-            with self._db() as db:
-                db.execute("UPDATE objects SET state = 'purged' WHERE sha256 = ?", (row[0],))
+        with self._db() as db:
+            db.executemany(
+                "UPDATE objects SET state = 'purged' WHERE sha256 = ?", [(row[0],) for row in rows]
+            )
         return len(rows)
 
     # -- reporting ------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from pydicom.uid import (
     UID,
     CTImageStorage,
     ExplicitVRLittleEndian,
+    PositronEmissionTomographyImageStorage,
     SecondaryCaptureImageStorage,
     generate_uid,
 )
@@ -119,6 +120,27 @@ def ct_series(
         ds.WindowWidth = 400
         ds.PixelData = _phantom_slice(size, index).tobytes()
         yield ds
+
+
+def pet_series(
+    study: StudySpec, frame_of_reference: str, slices: int = 50, hot_value: int = 1000
+) -> list[Dataset]:
+    """A PET series in ``frame_of_reference``: slices 2 mm apart, 32 x 32 pixels of 1 mm, zero
+    except a hot square at x, y = 8..15 mm, for fusion onto a CT of the same frame."""
+    datasets = list(ct_series(study, slices=slices, size=32, spacing=2.0, series_number=2))
+    hot = np.zeros((32, 32), dtype=np.int16)
+    hot[8:16, 8:16] = hot_value
+    for ds in datasets:
+        ds.SOPClassUID = PositronEmissionTomographyImageStorage
+        ds.Modality = "PT"
+        ds.SeriesDescription = "Synthetic PET"
+        ds.FrameOfReferenceUID = frame_of_reference
+        ds.PixelSpacing = [1.0, 1.0]
+        ds.RescaleIntercept = 0
+        ds.RescaleSlope = 1
+        del ds.WindowCenter, ds.WindowWidth
+        ds.PixelData = hot.tobytes()
+    return datasets
 
 
 def secondary_capture(study: StudySpec, count: int, size: int = 16) -> Iterator[Dataset]:

@@ -9,10 +9,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from typing import Any, get_args
+from typing import Annotated, Any, get_args
 
 import numpy as np
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from cloud.archive import Archive
@@ -237,13 +237,7 @@ async def _mpr(
     return Response(body, media_type=media_type, headers=headers)
 
 
-@router.get(SERIES + "/mpr")
-async def mpr_image(
-    study: str,
-    series: str,
-    request: Request,
-    archive: ArchiveDep,
-    volumes: VolumesDep,
+def mpr_query(
     plane: str | None = None,
     position: float | None = None,
     mode: str = "thin",
@@ -252,11 +246,26 @@ async def mpr_image(
     preset: str | None = None,
     invert: bool = False,
     size: str | None = None,
+) -> MprRequest:
+    """The MPR query parameters, shared by the image and its geometry (one parser)."""
+    return parse_mpr_request(plane, position, mode, thickness, window, preset, invert, size)
+
+
+MprQuery = Annotated[MprRequest, Depends(mpr_query)]
+
+
+@router.get(SERIES + "/mpr")
+async def mpr_image(
+    study: str,
+    series: str,
+    request: Request,
+    archive: ArchiveDep,
+    volumes: VolumesDep,
+    parsed: MprQuery,
     quality: Quality = 90,
 ) -> Response:
     """An axial, sagittal or coronal plane or slab; its geometry in ``X-MPR-Geometry``."""
     media_type = accepted_image_type(request)
-    parsed = parse_mpr_request(plane, position, mode, thickness, window, preset, invert, size)
     return await _mpr(request, archive, volumes, (study, series), parsed, media_type, quality)
 
 
@@ -267,17 +276,9 @@ async def mpr_geometry(
     request: Request,
     archive: ArchiveDep,
     volumes: VolumesDep,
-    plane: str | None = None,
-    position: float | None = None,
-    mode: str = "thin",
-    thickness: float | None = None,
-    window: str | None = None,
-    preset: str | None = None,
-    invert: bool = False,
-    size: str | None = None,
+    parsed: MprQuery,
     quality: Quality = 90,
 ) -> Response:
     """The ``X-MPR-Geometry`` of the same query, as the JSON body."""
     del quality  # accepted so that the image URL's query can be reused as is
-    parsed = parse_mpr_request(plane, position, mode, thickness, window, preset, invert, size)
     return await _mpr(request, archive, volumes, (study, series), parsed, "application/json", 90)

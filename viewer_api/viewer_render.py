@@ -8,14 +8,12 @@ before any pixel is read.
 from __future__ import annotations
 
 import io
-import warnings
 from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Path, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from PIL import Image
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.pixels.processing import apply_modality_lut
@@ -112,10 +110,7 @@ def _render_stored_frame(
 
 
 def _read_instance(archive: Archive, study: str, series: str, sop: str, frame: int) -> Dataset:
-    stored = archive.locate(study, series, sop)[0]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ds = dcmread(io.BytesIO(archive.read(stored)))
+    ds = archive.read_dataset(archive.locate(study, series, sop)[0])
     try:
         frames = number_of_frames(ds)
     except PixelDecodeError as exc:

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import io
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.responses import JSONResponse
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
@@ -81,12 +78,10 @@ def not_offered_reason(modality: str, images: int) -> str | None:
 
 
 def _read(archive: Archive, stored: StoredInstance) -> Dataset:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            return dcmread(io.BytesIO(archive.read(stored)))
-        except (InvalidDicomError, ValueError, EOFError) as exc:
-            raise VolumeError(f"instance {stored.sop_instance_uid} cannot be read: {exc}") from exc
+    try:
+        return archive.read_dataset(stored)
+    except (InvalidDicomError, ValueError, EOFError) as exc:
+        raise VolumeError(f"instance {stored.sop_instance_uid} cannot be read: {exc}") from exc
 
 
 def assemble_series(archive: Archive, series: SeriesInstances) -> Volume:

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import io
 import re
-import warnings
 from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
-from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 import mpr
@@ -136,10 +133,7 @@ def _load(
     archive: Archive, study: str, series: str, instance: str
 ) -> tuple[StoredInstance, Dataset]:
     stored = archive.locate(study, series, instance)[0]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ds = dcmread(io.BytesIO(archive.read(stored)))
-    return stored, ds
+    return stored, archive.read_dataset(stored)
 
 
 def _frame_numbers(text: str, available: int) -> list[int]:

@@ -8,11 +8,9 @@ scenario leaves a screenshot in tests/artifacts/viewer/.
 from __future__ import annotations
 
 import math
-import os
 import re
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,19 +18,9 @@ import pytest
 
 from imaging_cloud.node import Node
 from imaging_cloud.synthetic import PatientSpec, StudySpec, ct_series, to_part10
+from tests.e2e.conftest import ARTIFACTS
 from tests.support.servers import http_base, running_node
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "viewer"
 PIXEL_SPACING_MM = 0.5  # imaging_cloud.synthetic.ct_series
 SIZE = 128
 SLICES = 60
@@ -90,19 +78,6 @@ def rendered_path(study: Study, series: int = 0) -> str:
         f"/viewer-api/studies/{study.uid}/series/{study.series[series]}"
         f"/instances/{study.first_sops[series]}/frames/1/rendered"
     )
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed")
-    with sync_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
-        )
-        yield launched
-        launched.close()
 
 
 @pytest.fixture

@@ -8,19 +8,17 @@ stored; the MPR view overlays the PET through …/fusion and goes back to …/mp
 from __future__ import annotations
 
 import io
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pydicom
 import pytest
 from PIL import Image
-from pydicom.uid import PositronEmissionTomographyImageStorage, generate_uid
+from pydicom.uid import generate_uid
 
-from imaging_cloud.synthetic import PatientSpec, StudySpec, ct_series, to_part10
-from tests.e2e.test_viewer_chromium import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
+from imaging_cloud.synthetic import PatientSpec, StudySpec, ct_series, pet_series, to_part10
+from tests.e2e.conftest import ARTIFACTS
 from tests.support.servers import http_base, running_node
 
 pytestmark = pytest.mark.needs_chromium
@@ -42,30 +40,12 @@ class FusionStudy:
     elsewhere: str
 
 
-def _pet(study: StudySpec, frame_of_reference: str) -> list[pydicom.Dataset]:
-    """50 slices 2 mm apart, 32 x 32 pixels of 1 mm: a hot square at x, y = 8..15 mm."""
-    datasets = list(ct_series(study, slices=50, size=32, spacing=2.0, series_number=2))
-    hot = np.zeros((32, 32), dtype=np.int16)
-    hot[8:16, 8:16] = 1000
-    for ds in datasets:
-        ds.SOPClassUID = PositronEmissionTomographyImageStorage
-        ds.Modality = "PT"
-        ds.SeriesDescription = "Synthetic PET"
-        ds.FrameOfReferenceUID = frame_of_reference
-        ds.PixelSpacing = [1.0, 1.0]
-        ds.RescaleIntercept = 0
-        ds.RescaleSlope = 1
-        del ds.WindowCenter, ds.WindowWidth
-        ds.PixelData = hot.tobytes()
-    return datasets
-
-
 @pytest.fixture(scope="module")
 def fusion_study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FusionStudy]:
     spec = StudySpec(patient=PatientSpec(patient_id="FUS-E2E", patient_name="Zhou^Jiu"))
     ct = list(ct_series(spec, slices=60, size=64))
-    pet = _pet(spec, str(ct[0].FrameOfReferenceUID))
-    elsewhere = _pet(spec, generate_uid())
+    pet = pet_series(spec, str(ct[0].FrameOfReferenceUID))
+    elsewhere = pet_series(spec, generate_uid())
     elsewhere_uid = generate_uid()
     for ds in elsewhere:
         ds.SeriesInstanceUID = elsewhere_uid
@@ -82,19 +62,6 @@ def fusion_study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FusionStu
             str(pet[0].SeriesInstanceUID),
             elsewhere_uid,
         )
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed")
-    with sync_api.sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
-        )
-        yield launched
-        launched.close()
 
 
 @pytest.fixture

@@ -15,85 +15,29 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 import asyncssh
 import pytest
-from pydicom import dcmwrite
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 from pyftpdlib.authorizers import DummyAuthorizer
 from pyftpdlib.handlers import FTPHandler
 from pyftpdlib.ioloop import IOLoop
 from pyftpdlib.servers import FTPServer
 
 from collectors.ftp_folder import FtpFolder
-from collectors.intake import CANNOT_UNDERSTAND, OUT_OF_RESOURCES, SUCCESS, SinkResult
+from collectors.intake import SUCCESS, SinkResult
 from collectors.polling import PollReport, SourceUnavailableError
 from collectors.polling_config import collector_from_config
 from collectors.remote_files import RemoteFolder, RemoteFolderCollector
 from collectors.sftp_folder import SftpFolder
+from tests.support.collector_tests import SETTLE, Clock, RecordingSink, dicom_bytes
 
 USER, PASSWORD = "gateway", "s3cret-Pass"
 REMOTE_DIR = "/out"
-SETTLE = 0.05
 
 
 # ---------------------------------------------------------------- data, sink, clock
-
-
-def dicom_bytes(patient_id: str = "P1") -> bytes:
-    """A small but real Part-10 Secondary Capture object."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    dataset = Dataset()
-    dataset.file_meta = meta
-    dataset.SOPClassUID = meta.MediaStorageSOPClassUID
-    dataset.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    dataset.PatientID = patient_id
-    dataset.Modality = "OT"
-    buffer = BytesIO()
-    dcmwrite(buffer, dataset, enforce_file_format=True)
-    return buffer.getvalue()
-
-
-class RecordingSink:
-    """Stores what it is given; can quarantine non-DICOM input or report a full disk."""
-
-    def __init__(self) -> None:
-        self.disk_full = False
-        self.offered: list[tuple[bytes, str]] = []
-        self.stored: list[tuple[bytes, str]] = []
-
-    def __call__(self, data: bytes, origin: str) -> SinkResult:
-        self.offered.append((data, origin))
-        if self.disk_full:
-            return SinkResult(OUT_OF_RESOURCES, "disk full")
-        if data[128:132] != b"DICM":
-            return SinkResult(CANNOT_UNDERSTAND, "no DICM prefix", quarantined=True)
-        self.stored.append((data, origin))
-        return SinkResult(SUCCESS)
-
-    @property
-    def stored_bytes(self) -> list[bytes]:
-        return [data for data, _ in self.stored]
-
-
-class Clock:
-    """A monotonic clock the test moves by hand, so nothing sleeps."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self) -> None:
-        self.now += 2 * SETTLE
 
 
 # ---------------------------------------------------------------- servers
@@ -260,7 +204,7 @@ def clock() -> Clock:
 
 @pytest.fixture
 def sink() -> RecordingSink:
-    return RecordingSink()
+    return RecordingSink(quarantine_non_dicom=True)
 
 
 def collector(

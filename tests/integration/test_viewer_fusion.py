@@ -7,16 +7,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-import pydicom
 import pytest
 from PIL import Image
-from pydicom.uid import PositronEmissionTomographyImageStorage, generate_uid
+from pydicom.uid import generate_uid
 
-from imaging_cloud.synthetic import PatientSpec, StudySpec, ct_series, to_part10
+from imaging_cloud.synthetic import PatientSpec, StudySpec, ct_series, pet_series, to_part10
 from tests.support.servers import client, running_node
 
 PNG = {"Accept": "image/png"}
-HOT = 1000
 
 
 @dataclass
@@ -28,30 +26,12 @@ class Fusion:
     other_frame_pet: str
 
 
-def _pet(study: StudySpec, frame_of_reference: str) -> list[pydicom.Dataset]:
-    """50 slices 2 mm apart, 32 x 32 pixels of 1 mm: a hot square at x, y = 8..15 mm."""
-    datasets = list(ct_series(study, slices=50, size=32, spacing=2.0, series_number=2))
-    hot = np.zeros((32, 32), dtype=np.int16)
-    hot[8:16, 8:16] = HOT
-    for ds in datasets:
-        ds.SOPClassUID = PositronEmissionTomographyImageStorage
-        ds.Modality = "PT"
-        ds.SeriesDescription = "Synthetic PET"
-        ds.FrameOfReferenceUID = frame_of_reference
-        ds.PixelSpacing = [1.0, 1.0]
-        ds.RescaleIntercept = 0
-        ds.RescaleSlope = 1
-        del ds.WindowCenter, ds.WindowWidth
-        ds.PixelData = hot.tobytes()
-    return datasets
-
-
 @pytest.fixture(scope="module")
 def fusion(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fusion]:
     study = StudySpec(patient=PatientSpec(patient_id="FUS-1", patient_name="Zhou^Jiu"))
     ct = list(ct_series(study, slices=60, size=64))
-    pet = _pet(study, str(ct[0].FrameOfReferenceUID))
-    elsewhere = _pet(study, generate_uid())
+    pet = pet_series(study, str(ct[0].FrameOfReferenceUID))
+    elsewhere = pet_series(study, generate_uid())
     series_uid = generate_uid()
     for ds in elsewhere:
         ds.SeriesInstanceUID = series_uid
