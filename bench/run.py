@@ -43,7 +43,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from imaging_cloud.synthetic import StudySpec, ct_series, secondary_capture, write_files  # noqa: E402
-from tests.support.orthanc import LOOPBACK, OrthancServer, free_port  # noqa: E402
+from tests.support.orthanc import LOOPBACK, OrthancServer, free_ports  # noqa: E402
 
 NETNS_ENV = "IMAGING_CLOUD_BENCH_NETNS"
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
@@ -202,7 +202,7 @@ class ImagingCloudServer:
 
     def __enter__(self) -> ImagingCloudServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.http_port, self.dicom_port = free_port(), free_port()
+        self.http_port, self.dicom_port = free_ports(2)
         self._log = self.log_path.open("wb")
         self._process = subprocess.Popen(
             self.command(),

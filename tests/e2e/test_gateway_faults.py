@@ -24,7 +24,7 @@ import pytest
 from collectors.multipart import parse_media_type, split_multipart
 from gateway.spool import Spool
 from imaging_cloud.synthetic import PatientSpec, StudySpec, ct_series, write_files
-from tests.support.servers import free_port
+from tests.support.ports import free_port, free_ports
 
 pytestmark = pytest.mark.needs_dcmtk  # ~20 s: part of the quick run, it is the point of issue 3
 
@@ -43,7 +43,7 @@ def _wait_for(condition: object, timeout: float, what: str) -> None:
 class Cloud:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
-        self.http_port, self.dicom_port = free_port(), free_port()
+        self.http_port, self.dicom_port = free_ports(2)
         self.process: subprocess.Popen[bytes] | None = None
         self.log = (data_dir.parent / "cloud.log").open("ab")
 

@@ -20,7 +20,8 @@ from gateway.config import GatewayConfig
 from gateway.service import Gateway
 from imaging_cloud.node import Node
 from imaging_cloud.synthetic import PatientSpec, StudySpec, ct_series, to_part10, write_files
-from tests.support.orthanc import OrthancServer, free_port
+from tests.support.orthanc import OrthancServer
+from tests.support.ports import free_ports
 from tests.support.servers import http_base
 
 pytestmark = pytest.mark.needs_orthanc
@@ -59,7 +60,7 @@ def test_every_source_of_a_running_gateway_reaches_the_cloud(
     )
     incoming = tmp_path / "incoming"
     incoming.mkdir()
-    push_port, scp_port = free_port(), free_port()
+    push_port, scp_port = free_ports(2)
     with OrthancServer(
         config_overrides={"DicomModalities": {"H1GW": ["H1GW", "127.0.0.1", scp_port]}}
     ) as orthanc:

@@ -33,6 +33,17 @@ from typing import Any
 
 import httpx
 
+from tests.support.ports import free_port, free_ports
+
+__all__ = [
+    "LOOPBACK",
+    "OrthancError",
+    "OrthancServer",
+    "free_port",
+    "free_ports",
+    "orthanc_available",
+]
+
 ORTHANC_EXECUTABLE = "Orthanc"
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 LOOPBACK = "127.0.0.1"
@@ -40,13 +51,6 @@ LOOPBACK = "127.0.0.1"
 
 class OrthancError(RuntimeError):
     """Orthanc could not be started, or died."""
-
-
-def free_port() -> int:
-    """Return a TCP port on loopback that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
 
 
 def orthanc_available() -> bool:
@@ -150,7 +154,7 @@ class OrthancServer:
             raise OrthancError(f"Orthanc or its DICOMweb plugin ({DICOMWEB_PLUGIN}) is missing")
         self.workdir = self._given_workdir or Path(tempfile.mkdtemp(prefix="orthanc-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.dicom_port, self.http_port = free_port(), free_port()
+        self.dicom_port, self.http_port = free_ports(2)
         config_path = self._write_config()
         self._log_file = self.log_path.open("wb")
         self._process = subprocess.Popen(

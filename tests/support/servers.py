@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -13,21 +12,19 @@ import httpx
 
 from imaging_cloud.node import Node
 from imaging_cloud.settings import load_settings
+from tests.support.ports import free_port, free_ports
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+__all__ = ["client", "free_port", "free_ports", "http_base", "running_node"]
 
 
 @contextmanager
 def running_node(data_dir: Path, database_url: str = "") -> Iterator[Node]:
     """A node serving DICOM and HTTP until the block ends."""
+    http_port, dicom_port = free_ports(2)
     settings = load_settings(
         data_dir=data_dir,
-        http_port=free_port(),
-        dicom_port=free_port(),
+        http_port=http_port,
+        dicom_port=dicom_port,
         database_url=database_url,
     )
     node = Node(settings)
