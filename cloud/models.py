@@ -69,6 +69,8 @@ class Hospital(Base):
     dicom_host: Mapped[str] = mapped_column(String(255), default="")
     dicom_port: Mapped[int | None] = mapped_column(Integer, nullable=True)
     active: Mapped[bool] = mapped_column(Boolean, default=True)
+    district: Mapped[str] = mapped_column(String(64), default="")
+    level: Mapped[str] = mapped_column(String(32), default="")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
@@ -88,6 +90,9 @@ class Study(Base):
     study_description: Mapped[str] = mapped_column(String(64), default="")
     referring_physician_name: Mapped[str] = mapped_column(PN, default="")
     timezone_offset_from_utc: Mapped[str] = mapped_column(String(16), default="")
+    # Institutional Department Name (0008,1040) of the first instance: what department-scoped
+    # roles match on.
+    department: Mapped[str] = mapped_column(String(64), default="", index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
@@ -228,7 +233,166 @@ class User(Base):
         ForeignKey("hospitals.pk"), nullable=True, index=True
     )
     department: Mapped[str] = mapped_column(String(64), default="")
-    # active | suspended | retired: only active users get tokens, and a token is checked
-    # against this on every use, so staff who leave lose access at once.
+    # pending | active | suspended | retired | rejected: only active users get tokens, and a
+    # token is checked against this on every use, so staff who leave lose access at once.
     status: Mapped[str] = mapped_column(String(16), default="active")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    full_name: Mapped[str] = mapped_column(String(128), default="")
+    # What a self-registered user asked for; the reviewer decides the role.
+    requested_role: Mapped[str] = mapped_column(String(32), default="")
+    # Per-user adjustments to the role's permissions, space-separated permission names.
+    permissions_granted: Mapped[str] = mapped_column(Text, default="")
+    permissions_revoked: Mapped[str] = mapped_column(Text, default="")
+    # The OIDC issuer's subject this account is linked to, if the hospital signs in that way.
+    oidc_subject: Mapped[str | None] = mapped_column(String(255), nullable=True, unique=True)
+    reviewed_by: Mapped[str] = mapped_column(String(64), default="")
+    reviewed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class Department(Base):
+    __tablename__ = "departments"
+    __table_args__ = (UniqueConstraint("hospital_pk", "code"),)
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    hospital_pk: Mapped[int] = mapped_column(ForeignKey("hospitals.pk"), index=True)
+    code: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(128), default="")
+
+
+class HospitalRegistration(Base):
+    """A hospital asking to join the region; a platform admin approves or rejects it."""
+
+    __tablename__ = "hospital_registrations"
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    hospital_id: Mapped[str] = mapped_column(String(64), index=True)
+    name: Mapped[str] = mapped_column(String(128))
+    ae_title: Mapped[str] = mapped_column(String(16), default="")
+    district: Mapped[str] = mapped_column(String(64), default="")
+    level: Mapped[str] = mapped_column(String(32), default="")
+    contact: Mapped[str] = mapped_column(String(255), default="")
+    state: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    submitted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    reviewed_by: Mapped[str] = mapped_column(String(64), default="")
+    reviewed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    note: Mapped[str] = mapped_column(Text, default="")
+
+
+class AuditEvent(Base):
+    """One entry of the append-only, hash-chained audit log (``seq`` has no gaps)."""
+
+    __tablename__ = "audit_events"
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    actor_kind: Mapped[str] = mapped_column(String(16))  # user | patient | share_link | system
+    actor: Mapped[str] = mapped_column(String(128), index=True)
+    role: Mapped[str] = mapped_column(String(32), default="")
+    hospital_id: Mapped[str] = mapped_column(String(64), default="", index=True)
+    action: Mapped[str] = mapped_column(String(32), index=True)
+    outcome: Mapped[str] = mapped_column(String(16), default="allowed")
+    study_instance_uid: Mapped[str] = mapped_column(UID, default="", index=True)
+    patient_id: Mapped[str] = mapped_column(String(64), default="", index=True)
+    client_address: Mapped[str] = mapped_column(String(64), default="")
+    detail: Mapped[str] = mapped_column(Text, default="")  # JSON object
+    view_started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    view_ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    duration_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    entry_hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditChainHead(Base):
+    """The single row (pk 1) naming the last entry; appends lock it so the chain stays linear."""
+
+    __tablename__ = "audit_chain_head"
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    last_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_hash: Mapped[str] = mapped_column(String(64))
+
+
+class AccessAlert(Base):
+    """An access anomaly seen in the audit stream (unusual address or hour, bursts, ...)."""
+
+    __tablename__ = "access_alerts"
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32), index=True)
+    actor: Mapped[str] = mapped_column(String(128), index=True)
+    hospital_id: Mapped[str] = mapped_column(String(64), default="")
+    message: Mapped[str] = mapped_column(Text)
+    audit_seq: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    raised_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class OneTimeCode(Base):
+    """A patient's sign-in code (stored hashed), sent through the code-delivery interface."""
+
+    __tablename__ = "one_time_codes"
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    patient_id: Mapped[str] = mapped_column(String(64), index=True)
+    code_sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class GrantRequest(Base):
+    """A hospital's workstation asking a patient to authorise it (shown as a QR code)."""
+
+    __tablename__ = "grant_requests"
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    code_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    patient_id: Mapped[str] = mapped_column(String(64), index=True)
+    hospital_pk: Mapped[int] = mapped_column(ForeignKey("hospitals.pk"), index=True)
+    requested_by: Mapped[str] = mapped_column(String(64))
+    visit: Mapped[str] = mapped_column(String(64), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    state: Mapped[str] = mapped_column(String(16), default="pending")  # approved | declined
+    grant_pk: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class PatientGrant(Base):
+    """A patient's authorisation for one hospital to see their studies from other hospitals."""
+
+    __tablename__ = "patient_grants"
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    patient_id: Mapped[str] = mapped_column(String(64), index=True)
+    hospital_pk: Mapped[int] = mapped_column(ForeignKey("hospitals.pk"), index=True)
+    visit: Mapped[str] = mapped_column(String(64), default="")
+    method: Mapped[str] = mapped_column(String(16))  # qr | patient_page
+    granted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class ShareLink(Base):
+    """A capability URL for one or more studies; only the SHA-256 of its token is kept."""
+
+    __tablename__ = "share_links"
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_by_kind: Mapped[str] = mapped_column(String(16))  # patient | user
+    created_by: Mapped[str] = mapped_column(String(128))
+    patient_id: Mapped[str] = mapped_column(String(64), index=True)
+    password_hash: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    opened_count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class ShareLinkStudy(Base):
+    __tablename__ = "share_link_studies"
+
+    share_link_pk: Mapped[int] = mapped_column(
+        ForeignKey("share_links.pk", ondelete="CASCADE"), primary_key=True
+    )
+    study_instance_uid: Mapped[str] = mapped_column(UID, primary_key=True)
