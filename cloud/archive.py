@@ -15,6 +15,8 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from cloud import metadata
+from cloud.access import AccessPolicy
+from cloud.audit import AuditLog
 from cloud.blobstore import BlobStore, open_blob_store
 from cloud.database import create_index_engine, migrate, session_factory, sqlite_url
 from cloud.errors import BackendUnavailableError, InstanceNotFoundError
@@ -52,6 +54,8 @@ class Archive:
         self._ingestor = Ingestor(self._sessions, blobs)
         self.hospitals = HospitalRegistry(self._sessions)
         self.users = UserDirectory(self._sessions)
+        self.access = AccessPolicy(self._sessions)
+        self.audit = AuditLog(self._sessions)
 
     @classmethod
     def open(cls, data_dir: Path, database_url: str = "", blob_url: str = "") -> Archive:

@@ -179,6 +179,7 @@ def extract(ds: Dataset) -> ParsedInstance:
             "study_description": _text(ds, "StudyDescription")[:64],
             "referring_physician_name": _text(ds, "ReferringPhysicianName")[:324],
             "timezone_offset_from_utc": _text(ds, "TimezoneOffsetFromUTC")[:16],
+            "department": _text(ds, "InstitutionalDepartmentName")[:64],
         },
         series={
             "modality": _text(ds, "Modality")[:16],

@@ -30,7 +30,7 @@ from cloud.models import Hospital, User
 
 ROLES_FILE = Path(__file__).resolve().parents[1] / "config" / "roles.toml"
 USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{1,63}$")
-STATUSES = ("active", "suspended", "retired")
+STATUSES = ("pending", "active", "suspended", "retired", "rejected")
 MIN_PASSWORD_LENGTH = 10
 TOKEN_SECONDS = 8 * 3600  # one working shift
 
@@ -57,6 +57,8 @@ class Role:
     scope: str
     phi: bool
     permissions: frozenset[str]
+    # Patients and share links are principals too, but no account can be given their role.
+    assignable: bool = True
 
 
 @cache
@@ -72,10 +74,16 @@ def roles(path: Path = ROLES_FILE) -> dict[str, Role]:
                 str(entry["scope"]),
                 bool(entry["phi"]),
                 frozenset(str(p) for p in entry["permissions"]),
+                bool(entry.get("assignable", True)),
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"{path}: role {name!r} needs label, scope, phi, permissions") from exc
     return found
+
+
+def effective_permissions(role: Role, granted: str = "", revoked: str = "") -> frozenset[str]:
+    """The role's permissions with the user's own additions and removals (space-separated)."""
+    return (role.permissions | frozenset(granted.split())) - frozenset(revoked.split())
 
 
 @dataclass(frozen=True)
@@ -86,16 +94,26 @@ class UserRef:
     hospital_id: str | None
     department: str
     status: str
+    hospital_pk: int | None = None
+    full_name: str = ""
+    permissions_granted: str = ""
+    permissions_revoked: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         role = roles().get(self.role)
+        permissions = (
+            effective_permissions(role, self.permissions_granted, self.permissions_revoked)
+            if role
+            else frozenset()
+        )
         return {
             "username": self.username,
+            "full_name": self.full_name,
             "role": self.role,
             "hospital_id": self.hospital_id,
             "department": self.department,
             "status": self.status,
-            "permissions": sorted(role.permissions) if role else [],
+            "permissions": sorted(permissions),
             "phi": bool(role and role.phi),
         }
 
@@ -150,8 +168,9 @@ class UserDirectory:
             )
         if len(password) < MIN_PASSWORD_LENGTH:
             raise InvalidQueryError(f"passwords need at least {MIN_PASSWORD_LENGTH} characters")
-        if role not in roles():
-            raise InvalidQueryError(f"unknown role {role!r}; roles: {', '.join(sorted(roles()))}")
+        if role not in roles() or not roles()[role].assignable:
+            assignable = sorted(name for name, r in roles().items() if r.assignable)
+            raise InvalidQueryError(f"unknown role {role!r}; roles: {', '.join(assignable)}")
         with self._sessions() as session:
             hospital_pk = None
             if hospital_id:
@@ -189,7 +208,16 @@ class UserDirectory:
                 return None
             user, hospital_id = row
             return UserRef(
-                user.pk, user.username, user.role, hospital_id, user.department, user.status
+                user.pk,
+                user.username,
+                user.role,
+                hospital_id,
+                user.department,
+                user.status,
+                user.hospital_pk,
+                user.full_name,
+                user.permissions_granted,
+                user.permissions_revoked,
             )
 
     def authenticate(self, username: str, password: str) -> UserRef:

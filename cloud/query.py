@@ -18,6 +18,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 from cloud.dataset import check_uid, name_groups
 from cloud.errors import ArchiveError, InvalidQueryError
 from cloud.models import Instance, Patient, Series, Study
+from cloud.scope import StudyScope
 
 Level = Literal["study", "series", "instance"]  # the QIDO-RS levels
 QueryLevel = Literal["patient", "study", "series", "instance"]  # C-FIND adds the patient level
@@ -87,8 +88,8 @@ ATTRIBUTES: dict[str, Attribute] = {
 class Query:
     """A search: the level, the matching keys, the scope from the path, and paging.
 
-    ``hospital_pk`` restricts the search to the studies that hospital uploaded (and, at the
-    patient level, to patients with at least one such study); None searches everything.
+    ``scope`` restricts the search to the studies a principal may reach (and, at the patient
+    level, to patients with at least one such study); None searches everything.
     """
 
     level: QueryLevel
@@ -97,7 +98,7 @@ class Query:
     series_instance_uid: str | None = None
     limit: int | None = None
     offset: int = 0
-    hospital_pk: int | None = None
+    scope: StudyScope | None = None
 
 
 @dataclass
@@ -216,13 +217,13 @@ def search(session: Session, query: Query) -> list[Match]:
     if query.level == "patient":
         # A patient is a result only through a study in scope, never for being in the index.
         studies = select(Study.pk).where(Study.patient_pk == Patient.pk)
-        if query.hospital_pk is not None:
-            studies = studies.where(Study.hospital_pk == query.hospital_pk)
+        if query.scope is not None:
+            studies = studies.where(query.scope.condition())
         statement = statement.where(studies.exists())
     else:
         statement = statement.join(Study, Study.patient_pk == Patient.pk)
-        if query.hospital_pk is not None:
-            statement = statement.where(Study.hospital_pk == query.hospital_pk)
+        if query.scope is not None:
+            statement = statement.where(query.scope.condition())
     if query.level in ("series", "instance"):
         statement = statement.join(Series, Series.study_pk == Study.pk)
     if query.level == "instance":
@@ -235,7 +236,7 @@ def search(session: Session, query: Query) -> list[Match]:
     matches = [Match({a.keyword: row[i] for i, a in enumerate(attributes)}, None) for row in rows]
     pks = [row[-1] for row in rows]
     if query.level == "patient":
-        _add_patient_aggregates(session, matches, pks, query.hospital_pk)
+        _add_patient_aggregates(session, matches, pks, query.scope)
     else:
         _add_aggregates(session, query.level, matches, pks)
     return matches
@@ -280,9 +281,9 @@ def _add_aggregates(session: Session, level: Level, matches: list[Match], pks: l
 
 
 def _add_patient_aggregates(
-    session: Session, matches: list[Match], pks: list[int], hospital_pk: int | None
+    session: Session, matches: list[Match], pks: list[int], scope: StudyScope | None
 ) -> None:
-    """Number of Patient Related Studies, counted within the same hospital scope."""
+    """Number of Patient Related Studies, counted within the same scope."""
     if not pks:
         return
     statement = (
@@ -290,8 +291,8 @@ def _add_patient_aggregates(
         .where(Study.patient_pk.in_(pks))
         .group_by(Study.patient_pk)
     )
-    if hospital_pk is not None:
-        statement = statement.where(Study.hospital_pk == hospital_pk)
+    if scope is not None:
+        statement = statement.where(scope.condition())
     counts: dict[int, int] = dict(session.execute(statement).all())
     for match, pk in zip(matches, pks, strict=True):
         match.attributes["NumberOfPatientRelatedStudies"] = counts.get(pk, 0)

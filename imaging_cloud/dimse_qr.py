@@ -21,6 +21,7 @@ from cloud.archive import Archive, StoredInstance
 from cloud.errors import ArchiveError, InstanceNotFoundError
 from cloud.hospitals import HospitalRef
 from cloud.query import ATTRIBUTES, Match, Query, QueryLevel, matchable
+from cloud.scope import StudyScope
 from collectors.qr_scp import (
     IDENTIFIER_DOES_NOT_MATCH,
     UNABLE_TO_PROCESS,
@@ -56,7 +57,7 @@ class ArchiveQueryRetrieve:
         hospital = self._hospital(calling_ae)
         query_level = LEVELS[level]
         filters, requested = _filters_and_keys(identifier, query_level)
-        query = Query(query_level, filters, hospital_pk=hospital.pk, limit=_PAGE)
+        query = Query(query_level, filters, scope=StudyScope.of_hospital(hospital.pk), limit=_PAGE)
         return self._responses(query, requested, level)
 
     def retrieve(
@@ -65,7 +66,8 @@ class ArchiveQueryRetrieve:
         hospital = self._hospital(calling_ae)
         query_level = LEVELS[level]
         filters = _unique_keys(identifier, query_level)
-        matches = self._search(Query("instance", filters, hospital_pk=hospital.pk))
+        scope = StudyScope.of_hospital(hospital.pk)
+        matches = self._search(Query("instance", filters, scope=scope))
         wanted: dict[str, set[str]] = defaultdict(set)
         for match in matches:
             wanted[match.attributes["StudyInstanceUID"]].add(match.attributes["SOPInstanceUID"])

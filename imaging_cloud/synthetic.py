@@ -50,6 +50,8 @@ class StudySpec:
     study_description: str = "Synthetic study"
     referring_physician_name: str = "Referrer^Synthetic"
     study_id: str = "1"
+    institution_name: str = ""
+    department: str = ""  # Institutional Department Name: what department-scoped roles match
 
 
 def _base_dataset(study: StudySpec, sop_class_uid: str, series_uid: str, modality: str) -> Dataset:
@@ -71,6 +73,10 @@ def _base_dataset(study: StudySpec, sop_class_uid: str, series_uid: str, modalit
     ds.StudyID = study.study_id
     ds.Modality = modality
     ds.Manufacturer = MANUFACTURER
+    if study.institution_name:
+        ds.InstitutionName = study.institution_name
+    if study.department:
+        ds.InstitutionalDepartmentName = study.department
     return ds
 
 

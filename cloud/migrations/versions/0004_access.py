@@ -34,13 +34,15 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_access_alerts_kind"), ["kind"], unique=False)
         batch_op.create_index(batch_op.f("ix_access_alerts_raised_at"), ["raised_at"], unique=False)
 
-    op.create_table(
+    head = op.create_table(
         "audit_chain_head",
         sa.Column("pk", sa.Integer(), nullable=False),
         sa.Column("last_seq", sa.BigInteger(), nullable=False),
         sa.Column("last_hash", sa.String(length=64), nullable=False),
         sa.PrimaryKeyConstraint("pk", name=op.f("pk_audit_chain_head")),
     )
+    # The chain starts from one head row, so appends only ever lock and update it.
+    op.bulk_insert(head, [{"pk": 1, "last_seq": 0, "last_hash": "0" * 64}])
     op.create_table(
         "audit_events",
         sa.Column("seq", sa.BigInteger(), autoincrement=False, nullable=False),

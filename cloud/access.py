@@ -1,0 +1,197 @@
+"""Access decisions: who may do what, to which studies.
+
+A request acts as a `Principal`: a signed-in user (role from `config/roles.toml`, adjusted per
+user), a patient signed in with their ID number and a one-time code, or a share link. The
+permission says *what* (live view, download, ...); the `StudyScope` says *which studies*
+(own department, own hospital plus patients' grants, own studies, a link's studies).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from cloud.errors import ArchiveError, InstanceNotFoundError
+from cloud.identity import UserRef, effective_permissions, roles
+from cloud.models import Patient, PatientGrant, Study
+from cloud.scope import StudyScope
+
+
+class AccessDeniedError(ArchiveError):
+    title = "Forbidden"
+    http_status = 403
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is acting: what they may do and whose studies they reach."""
+
+    kind: str  # user | patient | share_link
+    name: str  # username, "patient:<id>" or "share-link:<pk>"
+    role: str
+    permissions: frozenset[str]
+    phi: bool
+    scope_kind: str  # platform | region | hospital | department | patient | share_link
+    hospital_pk: int | None = None
+    hospital_id: str = ""
+    department: str = ""
+    patient_id: str = ""
+    study_uids: frozenset[str] = field(default_factory=frozenset)
+    share_link_pk: int | None = None
+
+    def may(self, permission: str) -> bool:
+        return permission in self.permissions
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "role": self.role,
+            "hospital_id": self.hospital_id or None,
+            "department": self.department,
+            "permissions": sorted(self.permissions),
+            "phi": self.phi,
+        }
+
+
+@dataclass(frozen=True)
+class StudyOwner:
+    """What a scope decision needs to know about one study."""
+
+    study_instance_uid: str
+    hospital_pk: int | None
+    department: str
+    patient_id: str
+
+
+class AccessPolicy:
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self._sessions = sessions
+
+    # --- principals ------------------------------------------------------------------------
+
+    @staticmethod
+    def for_user(user: UserRef) -> Principal:
+        role = roles()[user.role]
+        return Principal(
+            kind="user",
+            name=user.username,
+            role=user.role,
+            permissions=effective_permissions(
+                role, user.permissions_granted, user.permissions_revoked
+            ),
+            phi=role.phi,
+            scope_kind=role.scope,
+            hospital_pk=user.hospital_pk,
+            hospital_id=user.hospital_id or "",
+            department=user.department,
+        )
+
+    @staticmethod
+    def for_patient(patient_id: str) -> Principal:
+        role = roles()["patient"]
+        return Principal(
+            kind="patient",
+            name=f"patient:{patient_id}",
+            role="patient",
+            permissions=role.permissions,
+            phi=True,
+            scope_kind="patient",
+            patient_id=patient_id,
+        )
+
+    @staticmethod
+    def for_share_link(pk: int, patient_id: str, study_uids: frozenset[str]) -> Principal:
+        role = roles()["share_link"]
+        return Principal(
+            kind="share_link",
+            name=f"share-link:{pk}",
+            role="share_link",
+            permissions=role.permissions,
+            phi=role.phi,
+            scope_kind="share_link",
+            patient_id=patient_id,
+            study_uids=study_uids,
+            share_link_pk=pk,
+        )
+
+    # --- scope -----------------------------------------------------------------------------
+
+    def scope(self, principal: Principal, now: datetime | None = None) -> StudyScope:
+        """The studies ``principal`` reaches now (grants are read from the index each time)."""
+        kind = principal.scope_kind
+        if kind in ("platform", "region"):
+            # Regional roles hold no image permissions; their routes refuse before any search.
+            return StudyScope(everything=True)
+        if kind == "patient":
+            return StudyScope(patient_ids=frozenset({principal.patient_id}))
+        if kind == "share_link":
+            return StudyScope(study_uids=principal.study_uids)
+        if principal.hospital_pk is None:
+            return StudyScope()
+        return StudyScope(
+            hospital_pk=principal.hospital_pk,
+            department=principal.department if kind == "department" else None,
+            patient_ids=self.granted_patients(principal.hospital_pk, now),
+        )
+
+    def granted_patients(self, hospital_pk: int, now: datetime | None = None) -> frozenset[str]:
+        """Patients whose active grant lets this hospital see their other hospitals' studies."""
+        moment = now or datetime.now(UTC)
+        with self._sessions() as session:
+            rows = session.scalars(
+                select(PatientGrant.patient_id).where(
+                    PatientGrant.hospital_pk == hospital_pk,
+                    PatientGrant.revoked_at.is_(None),
+                    PatientGrant.expires_at > moment,
+                )
+            )
+            return frozenset(rows)
+
+    def study_owner(self, study_instance_uid: str) -> StudyOwner | None:
+        with self._sessions() as session:
+            row = session.execute(
+                select(Study.hospital_pk, Study.department, Patient.patient_id)
+                .join(Patient, Study.patient_pk == Patient.pk)
+                .where(Study.study_instance_uid == study_instance_uid)
+            ).first()
+        if row is None:
+            return None
+        return StudyOwner(study_instance_uid, row[0], row[1], row[2])
+
+    # --- decisions -------------------------------------------------------------------------
+
+    @staticmethod
+    def require(principal: Principal, permission: str) -> None:
+        if not principal.may(permission):
+            raise AccessDeniedError(
+                f"your role ({principal.role}) does not include the {permission!r} permission"
+            )
+
+    def require_study(
+        self, principal: Principal, permission: str, study_instance_uid: str
+    ) -> StudyOwner:
+        """The study, if ``principal`` holds ``permission`` and the study is in their scope."""
+        self.require(principal, permission)
+        owner = self.study_owner(study_instance_uid)
+        if owner is None:
+            raise InstanceNotFoundError(f"study {study_instance_uid} is not in the archive")
+        scope = self.scope(principal)
+        if not scope.admits(
+            owner.hospital_pk, owner.department, owner.patient_id, owner.study_instance_uid
+        ):
+            raise AccessDeniedError(_out_of_scope(principal))
+        return owner
+
+
+def _out_of_scope(principal: Principal) -> str:
+    if principal.scope_kind in ("hospital", "department"):
+        return (
+            "this study belongs to another hospital or department; the patient has not "
+            "authorised your hospital to see it"
+        )
+    return "this study is not among those you may see"

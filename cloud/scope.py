@@ -1,0 +1,55 @@
+"""Which studies a principal may reach, as one SQL condition over the studies table.
+
+A hospital user reaches their hospital's studies (a department-scoped one only their
+department's), plus the studies of patients who authorised their hospital; a patient reaches
+their own; a share link its listed studies. The condition is applied inside the search itself,
+so paging and counts never see what is out of scope.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import false, or_, select, true
+
+from cloud.models import Patient, Study
+
+
+@dataclass(frozen=True)
+class StudyScope:
+    everything: bool = False
+    hospital_pk: int | None = None
+    department: str | None = None
+    patient_ids: frozenset[str] = field(default_factory=frozenset)
+    study_uids: frozenset[str] = field(default_factory=frozenset)
+
+    @classmethod
+    def of_hospital(cls, hospital_pk: int) -> StudyScope:
+        return cls(hospital_pk=hospital_pk)
+
+    def condition(self) -> Any:
+        """A boolean SQL expression over `Study` (and `Patient` through a subquery)."""
+        if self.everything:
+            return true()
+        parts: list[Any] = []
+        if self.hospital_pk is not None:
+            own = Study.hospital_pk == self.hospital_pk
+            if self.department is not None:
+                own = own & (Study.department == self.department)
+            parts.append(own)
+        if self.patient_ids:
+            patients = select(Patient.pk).where(Patient.patient_id.in_(sorted(self.patient_ids)))
+            parts.append(Study.patient_pk.in_(patients))
+        if self.study_uids:
+            parts.append(Study.study_instance_uid.in_(sorted(self.study_uids)))
+        return or_(*parts) if parts else false()
+
+    def admits(self, hospital_pk: int | None, department: str, patient_id: str, uid: str) -> bool:
+        """The same rule as `condition`, for one study already looked up."""
+        if self.everything:
+            return True
+        if self.hospital_pk is not None and hospital_pk == self.hospital_pk:
+            if self.department is None or department == self.department:
+                return True
+        return patient_id in self.patient_ids or uid in self.study_uids
