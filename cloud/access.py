@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cloud.errors import ArchiveError, InstanceNotFoundError
 from cloud.identity import UserRef, effective_permissions, roles
-from cloud.models import Patient, PatientGrant, Study
+from cloud.models import Patient, PatientGrant, ShareLink, ShareLinkStudy, Study
 from cloud.scope import StudyScope
 
 
@@ -50,6 +50,7 @@ class Principal:
         return {
             "kind": self.kind,
             "name": self.name,
+            "username": self.name if self.kind == "user" else None,
             "role": self.role,
             "hospital_id": self.hospital_id or None,
             "department": self.department,
@@ -118,6 +119,20 @@ class AccessPolicy:
             study_uids=study_uids,
             share_link_pk=pk,
         )
+
+    def share_link_principal(self, pk: int, now: datetime | None = None) -> Principal | None:
+        """The opened share link as a principal, or None once it is revoked or expired."""
+        moment = now or datetime.now(UTC)
+        with self._sessions() as session:
+            link = session.get(ShareLink, pk)
+            if link is None or link.revoked_at is not None or _aware(link.expires_at) <= moment:
+                return None
+            uids = session.scalars(
+                select(ShareLinkStudy.study_instance_uid).where(
+                    ShareLinkStudy.share_link_pk == pk
+                )
+            )
+            return self.for_share_link(pk, link.patient_id, frozenset(uids))
 
     # --- scope -----------------------------------------------------------------------------
 
@@ -195,3 +210,8 @@ def _out_of_scope(principal: Principal) -> str:
             "authorised your hospital to see it"
         )
     return "this study is not among those you may see"
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite returns naive datetimes for timezone-aware columns; they are stored as UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

@@ -131,21 +131,34 @@ class TokenSigner:
         self._key = key_file.read_bytes()
 
     def issue(self, user: UserRef) -> str:
+        return self.issue_for(user.username, "user", role=user.role)
+
+    def issue_for(
+        self, subject: str, kind: str, lifetime_seconds: int | None = None, **extra: Any
+    ) -> str:
+        """A token for a user, a patient (``pid``) or an opened share link (``link``)."""
         now = int(time.time())
-        claims = {"sub": user.username, "role": user.role, "iat": now}
-        claims["exp"] = now + self.lifetime_seconds
+        claims = {"sub": subject, "kind": kind, "iat": now, **extra}
+        claims["exp"] = now + (lifetime_seconds or self.lifetime_seconds)
         return jwt.encode(claims, self._key, algorithm="HS256")
 
-    def subject(self, token: str) -> str:
-        """The username a valid, unexpired token names; AuthenticationError otherwise."""
+    def claims(self, token: str) -> dict[str, Any]:
+        """The claims of a valid, unexpired token; AuthenticationError otherwise."""
         try:
-            claims = jwt.decode(
+            claims: dict[str, Any] = jwt.decode(
                 token, self._key, algorithms=["HS256"], options={"require": ["exp", "sub"]}
             )
         except jwt.ExpiredSignatureError as exc:
             raise AuthenticationError("the access token has expired; sign in again") from exc
         except jwt.InvalidTokenError as exc:
             raise AuthenticationError("the access token is not valid") from exc
+        return claims
+
+    def subject(self, token: str) -> str:
+        """The username a valid, unexpired user token names; AuthenticationError otherwise."""
+        claims = self.claims(token)
+        if claims.get("kind", "user") != "user":
+            raise AuthenticationError("this token is not a staff sign-in")
         return str(claims["sub"])
 
 

@@ -85,6 +85,7 @@ class Node:
         pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
         s = self.settings
         self.archive = Archive.open(s.data_dir, s.database_url, s.blob_url)
+        self.tokens = TokenSigner(s.data_dir / "keys" / "token.key")
         self.scp = StorageSCP(
             archive_sink(self.archive),
             ae_title=s.ae_title,
@@ -101,7 +102,7 @@ class Node:
                 volume_cache_url=s.volume_cache_url,
             ),
             health_checks={"dicom": self.scp.ready.is_set},
-            tokens=TokenSigner(s.data_dir / "keys" / "token.key"),
+            tokens=self.tokens,
         )
         self.alerts = AlertMonitor(
             self.archive.sessions,

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
-from fastapi import FastAPI, Response
+from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
@@ -17,6 +17,7 @@ from viewer_api.volume_cache import Volumes, open_volume_cache
 from viewer_api.web import router as web_router
 
 HealthCheck = Callable[[], bool]
+CallNext = Callable[[Request], Awaitable[Response]]
 
 
 def create_app(
@@ -24,7 +25,7 @@ def create_app(
     settings: ApiSettings | None = None,
     *,
     health_checks: dict[str, HealthCheck] | None = None,
-    tokens: TokenSigner | None = None,
+    tokens: TokenSigner,
 ) -> FastAPI:
     """Build the API around an open archive; ``health_checks`` name the other parts to watch."""
     app = FastAPI(
@@ -46,9 +47,17 @@ def create_app(
     app.include_router(gateway_api.router)
     app.include_router(gateway_api.operators)
     app.include_router(viewer.router)
-    if tokens is not None:
-        app.include_router(auth_api.router)
+    app.include_router(auth_api.router)
     app.include_router(web_router)
+
+    @app.middleware("http")
+    async def no_store_for_patients(request: Request, call_next: CallNext) -> Response:
+        # What a patient or a share link opens leaves nothing in the phone's cache.
+        response = await call_next(request)
+        who = getattr(request.state, "principal", None)
+        if who is not None and who.kind != "user":
+            response.headers["Cache-Control"] = "no-store"
+        return response
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> Response:

@@ -1,7 +1,7 @@
 """Sign-in: ``POST /api/auth/token`` (form username, password) and ``GET /api/auth/me``.
 
-Tokens are used as ``Authorization: Bearer …``. Route-by-route enforcement of the role matrix
-(`config/roles.toml`) builds on `current_user` in the next increments of issue 5.
+Tokens are used as ``Authorization: Bearer …`` on every route; `viewer_api.access_deps`
+checks them against the role matrix (`config/roles.toml`).
 """
 
 from __future__ import annotations
@@ -9,38 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Form, Request
+from fastapi import APIRouter, Form, Request
 from fastapi.concurrency import run_in_threadpool
 
-from cloud.identity import AuthenticationError, TokenSigner, UserRef
+from cloud.identity import AuthenticationError
+from viewer_api.access_deps import PrincipalDep, TokensDep
 from viewer_api.deps import ArchiveDep
-from viewer_api.gateway_api import bearer_token
 from viewer_api.rate_limit import FailureLimiter
 
 router = APIRouter(prefix="/api/auth", tags=["auth"])
-
-
-def token_signer(request: Request) -> TokenSigner:
-    signer: TokenSigner = request.app.state.tokens
-    return signer
-
-
-TokensDep = Annotated[TokenSigner, Depends(token_signer)]
-
-
-async def current_user(request: Request, archive: ArchiveDep, tokens: TokensDep) -> UserRef:
-    """The signed-in, still active user of this request; 401 problem+json otherwise."""
-    token = bearer_token(request)
-    if token is None:
-        raise AuthenticationError("sign in first: POST /api/auth/token, then send the token")
-    username = tokens.subject(token)
-    user = await run_in_threadpool(archive.users.by_username, username)
-    if user is None or user.status != "active":
-        raise AuthenticationError("the account is not active")
-    return user
-
-
-CurrentUser = Annotated[UserRef, Depends(current_user)]
 
 
 @dataclass(frozen=True)
@@ -80,5 +57,5 @@ async def issue_token(
 
 
 @router.get("/me")
-async def me(user: CurrentUser) -> dict[str, Any]:
-    return user.as_dict()
+async def me(who: PrincipalDep) -> dict[str, Any]:
+    return who.as_dict()

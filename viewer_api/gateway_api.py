@@ -14,26 +14,18 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
+from cloud.access import AccessDeniedError, Principal
 from cloud.dataset import check_uid
 from cloud.errors import ArchiveError, InstanceNotFoundError
 from cloud.hospitals import HospitalRef
 from cloud.monitoring import upload_status
 from collectors.multipart import new_boundary, stream_parts
+from viewer_api.access_deps import bearer_token, require
 from viewer_api.deps import ArchiveDep
 from viewer_api.problems import HTTPProblem
 
 router = APIRouter(prefix="/gateway-api/v1", tags=["gateway"])
 operators = APIRouter(prefix="/api/hospitals", tags=["hospitals"])
-
-
-def bearer_token(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if not header:
-        return None
-    if scheme.lower() != "bearer" or not token.strip():
-        raise HTTPProblem(401, "Unauthorized", "use 'Authorization: Bearer <credential>'")
-    return token.strip()
 
 
 def optional_hospital(request: Request, archive: ArchiveDep) -> HospitalRef | None:
@@ -56,7 +48,6 @@ def required_hospital(
 
 
 HospitalDep = Annotated[HospitalRef, Depends(required_hospital)]
-OptionalHospitalDep = Annotated[HospitalRef | None, Depends(optional_hospital)]
 
 
 class Heartbeat(BaseModel):
@@ -183,16 +174,31 @@ async def finish_send_back(
     return {"id": pk, "state": "done" if result.ok else "failed"}
 
 
+def _own_hospital_only(who: Principal, hospital_id: str) -> None:
+    """Hospital-scoped staff act on their own hospital; regional and platform roles on any."""
+    if who.scope_kind in ("hospital", "department") and who.hospital_id != hospital_id:
+        raise AccessDeniedError(f"your account belongs to {who.hospital_id or 'no hospital'}")
+
+
 @operators.get("")
-async def hospitals_status(archive: ArchiveDep) -> dict[str, Any]:
-    return {"hospitals": await run_in_threadpool(upload_status, archive.sessions)}
+async def hospitals_status(
+    archive: ArchiveDep, who: Annotated[Principal, Depends(require("view_statistics"))]
+) -> dict[str, Any]:
+    found = await run_in_threadpool(upload_status, archive.sessions)
+    if who.scope_kind in ("hospital", "department"):
+        found = [h for h in found if h.get("hospital_id") == who.hospital_id]
+    return {"hospitals": found}
 
 
 @operators.post("/{hospital_id}/send-backs", status_code=202)
 async def request_send_back(
-    hospital_id: str, body: SendBackRequest, archive: ArchiveDep
+    hospital_id: str,
+    body: SendBackRequest,
+    archive: ArchiveDep,
+    who: Annotated[Principal, Depends(require("manage_hospitals"))],
 ) -> dict[str, Any]:
     _valid_uid(body.study_instance_uid, "StudyInstanceUID")
+    _own_hospital_only(who, hospital_id)
     hospital = await run_in_threadpool(archive.hospitals.by_id, hospital_id)
     if hospital is None:
         raise InstanceNotFoundError(f"hospital {hospital_id} is not registered")

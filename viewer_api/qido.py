@@ -10,9 +10,11 @@ from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
 
+from cloud.access import Principal
 from cloud.archive import Archive
 from cloud.query import ATTRIBUTES, Level, Match, Query, matchable
-from viewer_api import dicom_json
+from viewer_api import anonymise, dicom_json
+from viewer_api.access_deps import SearcherDep
 from viewer_api.deps import ArchiveDep, SettingsDep, dicomweb_base
 from viewer_api.problems import HTTPProblem
 
@@ -88,7 +90,12 @@ def _parse(request: Request, level: Level, max_results: int) -> tuple[Query, set
 
 
 def _respond(
-    archive: Archive, matches: list[Match], level: Level, include: set[str], base: str
+    archive: Archive,
+    matches: list[Match],
+    level: Level,
+    include: set[str],
+    base: str,
+    phi: bool,
 ) -> list[dict[str, Any]]:
     wanted = set(_DEFAULTS[level]) | (include - {"all"})
     if "all" in include:
@@ -105,6 +112,8 @@ def _respond(
             body = _merge_metadata(archive, match.representative_instance_pk, body, tags)
         body["00081190"] = {"vr": "UR", "Value": [_retrieve_url(base, level, match)]}
         body["00080056"] = {"vr": "CS", "Value": ["ONLINE"]}
+        if not phi:
+            body = anonymise.strip_json(body)
         results.append(dict(sorted(body.items())))
     return results
 
@@ -132,6 +141,7 @@ def _retrieve_url(base: str, level: Level, match: Match) -> str:
 async def _search(
     request: Request,
     archive: Archive,
+    who: Principal,
     max_results: int,
     level: Level,
     study: str | None = None,
@@ -139,10 +149,13 @@ async def _search(
 ) -> Response:
     query, include, ignored = _parse(request, level, max_results)
     query.study_instance_uid, query.series_instance_uid = study, series
+    if not who.phi:
+        anonymise.refuse_identifying_filters(set(query.filters))
     base = dicomweb_base(request)
 
     def work() -> list[dict[str, Any]]:
-        return _respond(archive, archive.search(query), level, include, base)
+        query.scope = archive.access.scope(who)
+        return _respond(archive, archive.search(query), level, include, base, who.phi)
 
     results = await run_in_threadpool(work)
     headers = {}
@@ -154,38 +167,48 @@ async def _search(
 
 
 @router.get("/studies")
-async def search_studies(request: Request, archive: ArchiveDep, settings: SettingsDep) -> Response:
-    return await _search(request, archive, settings.max_query_results, "study")
+async def search_studies(
+    request: Request, archive: ArchiveDep, settings: SettingsDep, who: SearcherDep
+) -> Response:
+    return await _search(request, archive, who, settings.max_query_results, "study")
 
 
 @router.get("/series")
-async def search_series(request: Request, archive: ArchiveDep, settings: SettingsDep) -> Response:
-    return await _search(request, archive, settings.max_query_results, "series")
+async def search_series(
+    request: Request, archive: ArchiveDep, settings: SettingsDep, who: SearcherDep
+) -> Response:
+    return await _search(request, archive, who, settings.max_query_results, "series")
 
 
 @router.get("/instances")
 async def search_instances(
-    request: Request, archive: ArchiveDep, settings: SettingsDep
+    request: Request, archive: ArchiveDep, settings: SettingsDep, who: SearcherDep
 ) -> Response:
-    return await _search(request, archive, settings.max_query_results, "instance")
+    return await _search(request, archive, who, settings.max_query_results, "instance")
 
 
 @router.get("/studies/{study}/series")
 async def search_study_series(
-    study: str, request: Request, archive: ArchiveDep, settings: SettingsDep
+    study: str, request: Request, archive: ArchiveDep, settings: SettingsDep, who: SearcherDep
 ) -> Response:
-    return await _search(request, archive, settings.max_query_results, "series", study)
+    return await _search(request, archive, who, settings.max_query_results, "series", study)
 
 
 @router.get("/studies/{study}/instances")
 async def search_study_instances(
-    study: str, request: Request, archive: ArchiveDep, settings: SettingsDep
+    study: str, request: Request, archive: ArchiveDep, settings: SettingsDep, who: SearcherDep
 ) -> Response:
-    return await _search(request, archive, settings.max_query_results, "instance", study)
+    return await _search(request, archive, who, settings.max_query_results, "instance", study)
 
 
 @router.get("/studies/{study}/series/{series}/instances")
 async def search_series_instances(
-    study: str, series: str, request: Request, archive: ArchiveDep, settings: SettingsDep
+    study: str,
+    series: str,
+    request: Request,
+    archive: ArchiveDep,
+    settings: SettingsDep,
+    who: SearcherDep,
 ) -> Response:
-    return await _search(request, archive, settings.max_query_results, "instance", study, series)
+    limit = settings.max_query_results
+    return await _search(request, archive, who, limit, "instance", study, series)

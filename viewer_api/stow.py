@@ -5,19 +5,21 @@ from __future__ import annotations
 import io
 import json
 import logging
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any
 
 import pydicom
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
+from cloud.access import Principal
 from cloud.archive import Archive
 from cloud.dataset import check_uid
 from cloud.errors import ArchiveError
-from cloud.hospitals import HospitalRef
+from cloud.hospitals import CREDENTIAL_PREFIX, HospitalRef
 from collectors.multipart import BodyPart, parse_media_type, split_multipart
+from viewer_api.access_deps import TokensDep, audit_entry, bearer_token, principal, require
 from viewer_api.deps import ArchiveDep, SettingsDep, dicomweb_base
-from viewer_api.gateway_api import OptionalHospitalDep
 from viewer_api.problems import HTTPProblem
 
 logger = logging.getLogger(__name__)
@@ -134,7 +136,7 @@ async def _stow(
     archive: Archive,
     limit: int,
     study: str | None,
-    hospital: HospitalRef | None,
+    uploader: Uploader,
 ) -> Response:
     if study is not None:
         try:
@@ -144,11 +146,20 @@ async def _stow(
     body = await _read_body(request, limit)
     parts = _parts(request, body)
     client = request.client.host if request.client else "unknown"
-    source = f"gateway:{hospital.hospital_id}@{client}" if hospital else f"stow:{client}"
+    hospital, user = uploader.hospital, uploader.user
+    hospital_pk: int | None
+    if hospital is not None:
+        source, hospital_pk = f"gateway:{hospital.hospital_id}@{client}", hospital.pk
+    else:
+        assert user is not None
+        source, hospital_pk = f"user:{user.name}@{client}", user.hospital_pk
     base = dicomweb_base(request)
     stored, failed = await run_in_threadpool(
-        _store_all, archive, parts, study, source, base, hospital.pk if hospital else None
+        _store_all, archive, parts, study, source, base, hospital_pk
     )
+    if user is not None:
+        entry = audit_entry(user, request, "upload", detail={"stored": len(stored)})
+        await run_in_threadpool(archive.audit.append, entry)
     response: dict[str, Any] = {}
     if study:
         response["00081190"] = {"vr": "UR", "Value": [f"{base}/studies/{study}"]}
@@ -164,11 +175,33 @@ async def _stow(
     )
 
 
+@dataclass(frozen=True)
+class Uploader:
+    """A hospital gateway (its credential) or a signed-in user with the upload permission."""
+
+    hospital: HospitalRef | None = None
+    user: Principal | None = None
+
+
+async def uploader(request: Request, archive: ArchiveDep, tokens: TokensDep) -> Uploader:
+    token = bearer_token(request)
+    if token is not None and token.startswith(CREDENTIAL_PREFIX):
+        hospital = await run_in_threadpool(archive.hospitals.authenticate, token)
+        if hospital is None:
+            raise HTTPProblem(401, "Unauthorized", "the credential is unknown or revoked")
+        return Uploader(hospital=hospital)
+    who = await principal(request, archive, tokens)
+    return Uploader(user=await require("upload")(request, who, archive))
+
+
+UploaderDep = Annotated[Uploader, Depends(uploader)]
+
+
 @router.post("/studies")
 async def store_instances(
-    request: Request, archive: ArchiveDep, settings: SettingsDep, hospital: OptionalHospitalDep
+    request: Request, archive: ArchiveDep, settings: SettingsDep, sender: UploaderDep
 ) -> Response:
-    return await _stow(request, archive, settings.max_stow_bytes, None, hospital)
+    return await _stow(request, archive, settings.max_stow_bytes, None, sender)
 
 
 @router.post("/studies/{study}")
@@ -177,6 +210,6 @@ async def store_study_instances(
     request: Request,
     archive: ArchiveDep,
     settings: SettingsDep,
-    hospital: OptionalHospitalDep,
+    sender: UploaderDep,
 ) -> Response:
-    return await _stow(request, archive, settings.max_stow_bytes, study, hospital)
+    return await _stow(request, archive, settings.max_stow_bytes, study, sender)

@@ -10,7 +10,7 @@ import math
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat
@@ -20,7 +20,8 @@ from cloud.errors import InstanceNotFoundError
 from cloud.query import Match, Query
 from mpr.measure import angle_deg, distance_mm, region_statistics
 from mpr.volume import Volume, VolumeError
-from viewer_api import viewer_fusion, viewer_mpr, viewer_render
+from viewer_api import anonymise, viewer_fusion, viewer_mpr, viewer_render
+from viewer_api.access_deps import SearcherDep, StudyGrant, study_access
 from viewer_api.deps import ArchiveDep, SettingsDep
 from viewer_api.problems import HTTPProblem
 from viewer_api.viewer_params import SERIES
@@ -40,17 +41,22 @@ router.include_router(viewer_mpr.router)
 router.include_router(viewer_fusion.router)
 
 _LOOKUP_KEYS = ("AccessionNumber", "StudyInstanceUID", "PatientID")
+ANONYMISED = "(anonymised 已匿名)"
+Details = Annotated[StudyGrant, Depends(study_access("view_details"))]
 
 
 # --- study browser ---------------------------------------------------------------------------
 
 
-def _study_json(attributes: dict[str, Any], modalities: Sequence[str]) -> dict[str, Any]:
+def _study_json(attributes: dict[str, Any], modalities: Sequence[str], phi: bool) -> dict[str, Any]:
+    def identifying(keyword: str) -> str:
+        return (attributes.get(keyword) or "") if phi else ""
+
     return {
         "study_instance_uid": attributes.get("StudyInstanceUID") or "",
-        "accession_number": attributes.get("AccessionNumber") or "",
-        "patient_name": attributes.get("PatientName") or "",
-        "patient_id": attributes.get("PatientID") or "",
+        "accession_number": identifying("AccessionNumber"),
+        "patient_name": identifying("PatientName") or ("" if phi else ANONYMISED),
+        "patient_id": identifying("PatientID"),
         "study_date": attributes.get("StudyDate") or "",
         "study_description": attributes.get("StudyDescription") or "",
         "modalities": sorted({m for m in modalities if m}),
@@ -58,7 +64,9 @@ def _study_json(attributes: dict[str, Any], modalities: Sequence[str]) -> dict[s
 
 
 @router.get("/studies")
-async def find_studies(request: Request, archive: ArchiveDep, settings: SettingsDep) -> Response:
+async def find_studies(
+    request: Request, archive: ArchiveDep, settings: SettingsDep, who: SearcherDep
+) -> Response:
     """Studies by exact AccessionNumber, StudyInstanceUID or PatientID (at least one)."""
     params = request.query_params
     unknown = sorted(set(params) - set(_LOOKUP_KEYS))
@@ -75,10 +83,16 @@ async def find_studies(request: Request, archive: ArchiveDep, settings: Settings
     for key, value in filters.items():
         if any(c in value for c in "*?\\") or (key == "StudyInstanceUID" and "," in value):
             raise HTTPProblem(400, "Invalid query", f"{key} is matched exactly: no wildcards")
+    if not who.phi:
+        anonymise.refuse_identifying_filters(set(filters))
     query = Query("study", filters=filters, limit=settings.max_query_results)
+    query.scope = await run_in_threadpool(archive.access.scope, who)
     matches: list[Match] = await run_in_threadpool(archive.search, query)
     return JSONResponse(
-        [_study_json(m.attributes, m.attributes.get("ModalitiesInStudy") or []) for m in matches]
+        [
+            _study_json(m.attributes, m.attributes.get("ModalitiesInStudy") or [], who.phi)
+            for m in matches
+        ]
     )
 
 
@@ -119,14 +133,17 @@ def _series_entries(matches: list[Match], volumes: Volumes) -> list[dict[str, An
 
 
 @router.get("/studies/{study}")
-async def study_detail(study: str, archive: ArchiveDep, volumes: VolumesDep) -> Response:
+async def study_detail(
+    study: str, archive: ArchiveDep, volumes: VolumesDep, grant: Details
+) -> Response:
     """The study with its series and their instances in display order."""
     query = Query("instance", study_instance_uid=study)
     matches: list[Match] = await run_in_threadpool(archive.search, query)
     if not matches:
         raise InstanceNotFoundError(f"study {study} is not in the archive")
     series = _series_entries(matches, volumes)
-    body = _study_json(matches[0].attributes, [s["modality"] for s in series])
+    modalities = [s["modality"] for s in series]
+    body = _study_json(matches[0].attributes, modalities, grant.principal.phi)
     body["series"] = series
     return JSONResponse(body)
 
@@ -152,7 +169,7 @@ def _volume_json(series: SeriesInstances, volume: Volume) -> dict[str, Any]:
     }
 
 
-@router.get(SERIES + "/volume")
+@router.get(SERIES + "/volume", dependencies=[Depends(study_access("live_view"))])
 async def volume_info(
     study: str, series: str, archive: ArchiveDep, volumes: VolumesDep
 ) -> Response:
@@ -217,7 +234,7 @@ def _measure_on_volume(
     return {**stats, "unit": _unit(volume)}
 
 
-@router.post(SERIES + "/measure")
+@router.post(SERIES + "/measure", dependencies=[Depends(study_access("live_view"))])
 async def measure(
     study: str,
     series: str,

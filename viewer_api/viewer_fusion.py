@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from mpr.display import encode
@@ -19,6 +19,7 @@ from mpr.fusion import COLOUR_MAPS, fuse, resample_onto
 from mpr.reslice import orthogonal
 from mpr.volume import Volume, VolumeError
 from mpr.window import Window
+from viewer_api.access_deps import study_access
 from viewer_api.deps import ArchiveDep
 from viewer_api.etag import matches, not_modified, strong_etag, validator_headers
 from viewer_api.problems import HTTPProblem
@@ -26,7 +27,8 @@ from viewer_api.viewer_mpr import geometry_json, parse_mpr_request, render_plane
 from viewer_api.viewer_params import SERIES, Quality, accepted_image_type
 from viewer_api.viewer_volumes import VolumesDep, locate_series, not_available, series_volume
 
-router = APIRouter()
+# Every route here shows images of one study: live view, in scope, audited as viewing.
+router = APIRouter(dependencies=[Depends(study_access("live_view"))])
 
 
 def _overlay_window(text: str | None, overlay: Volume) -> Window:

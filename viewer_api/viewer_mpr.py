@@ -20,6 +20,7 @@ from mpr.display import crop_and_resize, encode, to_display
 from mpr.reslice import Mode, Plane, Reslice, SliceGeometry, orthogonal, plane_geometry
 from mpr.volume import Volume, VolumeError
 from mpr.window import Window
+from viewer_api.access_deps import study_access
 from viewer_api.deps import ArchiveDep
 from viewer_api.etag import matches, not_modified, strong_etag, validator_headers
 from viewer_api.problems import HTTPProblem
@@ -41,7 +42,8 @@ from viewer_api.viewer_volumes import (
 )
 from viewer_api.volume_cache import Volumes
 
-router = APIRouter()
+# Every route here shows images of one study: live view, in scope, audited as viewing.
+router = APIRouter(dependencies=[Depends(study_access("live_view"))])
 
 MAX_THICKNESS_MM = 500.0
 

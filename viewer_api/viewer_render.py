@@ -11,7 +11,7 @@ import io
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Path, Request, Response
+from fastapi import APIRouter, Depends, Path, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from PIL import Image
 from pydicom.dataset import Dataset
@@ -25,6 +25,7 @@ from mpr.grayscale import frame_transform_attributes, to_display_gray
 from mpr.pixels import PixelDecodeError, frame_array, number_of_frames
 from mpr.render import render_frame
 from mpr.window import Window
+from viewer_api.access_deps import study_access
 from viewer_api.deps import ArchiveDep
 from viewer_api.etag import instances_digest, matches, not_modified, strong_etag, validator_headers
 from viewer_api.viewer_params import (
@@ -38,7 +39,8 @@ from viewer_api.viewer_params import (
     window_key,
 )
 
-router = APIRouter()
+# Every route here shows images of one study: live view, in scope, audited as viewing.
+router = APIRouter(dependencies=[Depends(study_access("live_view"))])
 
 
 def _header_window(attrs: Dataset) -> Window | None:

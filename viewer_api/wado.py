@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydicom.dataset import Dataset
 
 import mpr
+from cloud.access import Principal
 from cloud.archive import Archive, StoredInstance
 from cloud.errors import InstanceNotFoundError, InvalidDatasetError
 from cloud.metadata import BULK_BASE
 from cloud.metadata import bulk_value as read_bulk_value
 from collectors.multipart import new_boundary, parse_accept, stream_parts
+from viewer_api import anonymise
+from viewer_api.access_deps import StudyGrant, cache_control, study_access
 from viewer_api.deps import ArchiveDep, dicomweb_base
 from viewer_api.problems import HTTPProblem
 from viewer_api.transcode import (
@@ -27,6 +31,10 @@ from viewer_api.transcode import (
 )
 
 router = APIRouter(tags=["WADO-RS"])
+
+Download = Annotated[StudyGrant, Depends(study_access("download"))]
+Details = Annotated[StudyGrant, Depends(study_access("view_details"))]
+LiveView = Annotated[StudyGrant, Depends(study_access("live_view"))]
 
 INSTANCE = "/studies/{study}/series/{series}/instances/{instance}"
 _FRAME_LIST = re.compile(r"^[1-9][0-9]{0,6}(,[1-9][0-9]{0,6})*$")
@@ -55,14 +63,16 @@ def _instances_response(
 
 
 @router.get("/studies/{study}")
-async def retrieve_study(study: str, request: Request, archive: ArchiveDep) -> Response:
+async def retrieve_study(
+    study: str, request: Request, archive: ArchiveDep, _grant: Download
+) -> Response:
     found = await run_in_threadpool(archive.locate, study)
     return _instances_response(request, archive, found)
 
 
 @router.get("/studies/{study}/series/{series}")
 async def retrieve_series(
-    study: str, series: str, request: Request, archive: ArchiveDep
+    study: str, series: str, request: Request, archive: ArchiveDep, _grant: Download
 ) -> Response:
     found = await run_in_threadpool(archive.locate, study, series)
     return _instances_response(request, archive, found)
@@ -70,13 +80,15 @@ async def retrieve_series(
 
 @router.get(INSTANCE)
 async def retrieve_instance(
-    study: str, series: str, instance: str, request: Request, archive: ArchiveDep
+    study: str, series: str, instance: str, request: Request, archive: ArchiveDep, _grant: Download
 ) -> Response:
     found = await run_in_threadpool(archive.locate, study, series, instance)
     return _instances_response(request, archive, found)
 
 
-def _metadata_response(request: Request, archive: Archive, found: list[StoredInstance]) -> Response:
+def _metadata_response(
+    request: Request, archive: Archive, found: list[StoredInstance], phi: bool
+) -> Response:
     base = dicomweb_base(request)
 
     def body() -> Iterator[bytes]:
@@ -87,6 +99,8 @@ def _metadata_response(request: Request, archive: Archive, found: list[StoredIns
                 f"{stored.series_instance_uid}/instances/{stored.sop_instance_uid}/bulkdata/"
             )
             text = archive.metadata_json(stored).replace(BULK_BASE, url)
+            if not phi:
+                text = json.dumps(anonymise.strip_json(json.loads(text)), ensure_ascii=False)
             yield (b"," if index else b"") + text.encode("utf-8")
         yield b"]"
 
@@ -94,29 +108,33 @@ def _metadata_response(request: Request, archive: Archive, found: list[StoredIns
 
 
 @router.get("/studies/{study}/metadata")
-async def study_metadata(study: str, request: Request, archive: ArchiveDep) -> Response:
-    return _metadata_response(request, archive, await run_in_threadpool(archive.locate, study))
+async def study_metadata(
+    study: str, request: Request, archive: ArchiveDep, grant: Details
+) -> Response:
+    return _metadata_response(
+        request, archive, await run_in_threadpool(archive.locate, study), grant.principal.phi
+    )
 
 
 @router.get("/studies/{study}/series/{series}/metadata")
 async def series_metadata(
-    study: str, series: str, request: Request, archive: ArchiveDep
+    study: str, series: str, request: Request, archive: ArchiveDep, grant: Details
 ) -> Response:
     found = await run_in_threadpool(archive.locate, study, series)
-    return _metadata_response(request, archive, found)
+    return _metadata_response(request, archive, found, grant.principal.phi)
 
 
 @router.get(INSTANCE + "/metadata")
 async def instance_metadata(
-    study: str, series: str, instance: str, request: Request, archive: ArchiveDep
+    study: str, series: str, instance: str, request: Request, archive: ArchiveDep, grant: Details
 ) -> Response:
     found = await run_in_threadpool(archive.locate, study, series, instance)
-    return _metadata_response(request, archive, found)
+    return _metadata_response(request, archive, found, grant.principal.phi)
 
 
 @router.get(INSTANCE + "/bulkdata/{tag}")
 async def bulk_data(
-    study: str, series: str, instance: str, tag: str, archive: ArchiveDep
+    study: str, series: str, instance: str, tag: str, archive: ArchiveDep, _grant: Download
 ) -> Response:
     if not re.fullmatch(r"[0-9A-Fa-f]{8}", tag):
         raise HTTPProblem(400, "Invalid bulk data reference", f"{tag!r} is not an 8-digit tag")
@@ -164,7 +182,13 @@ def _frame_plan(request: Request, stored_syntax: str) -> tuple[str, bool]:
 
 @router.get(INSTANCE + "/frames/{frames}")
 async def retrieve_frames(
-    study: str, series: str, instance: str, frames: str, request: Request, archive: ArchiveDep
+    study: str,
+    series: str,
+    instance: str,
+    frames: str,
+    request: Request,
+    archive: ArchiveDep,
+    _grant: LiveView,
 ) -> Response:
     stored, ds = await run_in_threadpool(_load, archive, study, series, instance)
     numbers = _frame_numbers(frames, _frames_in(ds))
@@ -225,6 +249,7 @@ async def _render(
     viewport: str | None,
     quality: int,
     thumbnail: bool,
+    who: Principal,
 ) -> Response:
     media_type = _render_type(request)
     parsed_window, parsed_viewport = _window(window), _viewport(viewport)
@@ -249,7 +274,7 @@ async def _render(
             raise InvalidDatasetError(f"cannot render: {exc}") from exc
 
     image = await run_in_threadpool(work)
-    return Response(image, media_type=media_type, headers={"Cache-Control": "private, max-age=300"})
+    return Response(image, media_type=media_type, headers={"Cache-Control": cache_control(who)})
 
 
 @router.get(INSTANCE + "/rendered")
@@ -259,6 +284,7 @@ async def rendered_instance(
     instance: str,
     request: Request,
     archive: ArchiveDep,
+    grant: LiveView,
     window: str | None = None,
     viewport: str | None = None,
     quality: Quality = 90,
@@ -266,7 +292,7 @@ async def rendered_instance(
     path = (study, series, instance)
     return await _render(
         archive, request, path, 1, window=window, viewport=viewport, quality=quality,
-        thumbnail=False,
+        thumbnail=False, who=grant.principal,
     )  # fmt: skip
 
 
@@ -278,6 +304,7 @@ async def rendered_frame(
     frame: int,
     request: Request,
     archive: ArchiveDep,
+    grant: LiveView,
     window: str | None = None,
     viewport: str | None = None,
     quality: Quality = 90,
@@ -285,7 +312,7 @@ async def rendered_frame(
     path = (study, series, instance)
     return await _render(
         archive, request, path, frame, window=window, viewport=viewport, quality=quality,
-        thumbnail=False,
+        thumbnail=False, who=grant.principal,
     )  # fmt: skip
 
 
@@ -296,11 +323,20 @@ async def instance_thumbnail(
     instance: str,
     request: Request,
     archive: ArchiveDep,
+    grant: LiveView,
     viewport: str | None = None,
 ) -> Response:
     path = (study, series, instance)
     return await _render(
-        archive, request, path, 1, window=None, viewport=viewport, quality=80, thumbnail=True
+        archive,
+        request,
+        path,
+        1,
+        window=None,
+        viewport=viewport,
+        quality=80,
+        thumbnail=True,
+        who=grant.principal,
     )
 
 
@@ -312,9 +348,18 @@ async def frame_thumbnail(
     frame: int,
     request: Request,
     archive: ArchiveDep,
+    grant: LiveView,
     viewport: str | None = None,
 ) -> Response:
     path = (study, series, instance)
     return await _render(
-        archive, request, path, frame, window=None, viewport=viewport, quality=80, thumbnail=True
+        archive,
+        request,
+        path,
+        frame,
+        window=None,
+        viewport=viewport,
+        quality=80,
+        thumbnail=True,
+        who=grant.principal,
     )

@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pydicom
@@ -46,6 +47,7 @@ class Cloud:
         self.http_port, self.dicom_port = free_ports(2)
         self.process: subprocess.Popen[bytes] | None = None
         self.log = (data_dir.parent / "cloud.log").open("ab")
+        self.token = ""
 
     @property
     def url(self) -> str:
@@ -67,6 +69,17 @@ class Cloud:
             stderr=self.log,
         )
         _wait_for(self._healthy, 30, "the cloud to start")
+
+    def sign_in(self, username: str, password: str) -> None:
+        answer = httpx.post(
+            f"{self.url}/api/auth/token", data={"username": username, "password": password}
+        )
+        answer.raise_for_status()
+        self.token = answer.json()["access_token"]
+
+    def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {self.token}", **kwargs.pop("headers", {})}
+        return httpx.get(f"{self.url}{path}", headers=headers, timeout=10, **kwargs)
 
     def _healthy(self) -> bool:
         try:
@@ -165,7 +178,14 @@ def system(tmp_path: Path) -> Iterator[tuple[Cloud, GatewayProcess, Path]]:
         text=True,
         check=True,
     ).stdout.strip()
+    admin = ["--username", "platform.one", "--password", "fault-test-password"]
+    subprocess.run(
+        [*CLI, "admin", "create-user", "--data-dir", str(cloud.data_dir), *admin,
+         "--role", "platform_admin"],
+        check=True, capture_output=True,
+    )  # fmt: skip
     cloud.start()
+    cloud.sign_in("platform.one", "fault-test-password")
     incoming = tmp_path / "incoming"
     incoming.mkdir()
     sources = tmp_path / "sources.toml"
@@ -191,7 +211,7 @@ def _storescu(port: int, files: list[Path]) -> subprocess.Popen[bytes]:
 
 
 def _cloud_instances(cloud: Cloud, study: str) -> list[dict[str, object]]:
-    response = httpx.get(f"{cloud.url}/dicom-web/studies/{study}/instances", timeout=10)
+    response = cloud.get(f"/dicom-web/studies/{study}/instances")
     return [] if response.status_code == 204 else list(response.json())
 
 
@@ -246,10 +266,9 @@ def test_kill_9_and_cloud_outage_lose_nothing_and_duplicate_nothing(
         sent[str(dataset.SOPInstanceUID)] = dataset.PixelData
     series_uid = instances[0]["0020000E"]["Value"][0]
     for sop in sops[:10]:
-        got = httpx.get(
-            f"{cloud.url}/dicom-web/studies/{study}/series/{series_uid}/instances/{sop}",
+        got = cloud.get(
+            f"/dicom-web/studies/{study}/series/{series_uid}/instances/{sop}",
             headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'},
-            timeout=10,
         )
         boundary = parse_media_type(got.headers["content-type"]).params["boundary"]
         [part] = split_multipart(got.content, boundary)

@@ -19,7 +19,7 @@ import pytest
 from imaging_cloud.node import Node
 from imaging_cloud.synthetic import PatientSpec, StudySpec, ct_series, to_part10
 from tests.e2e.conftest import ARTIFACTS
-from tests.support.servers import http_base, running_node
+from tests.support.servers import http_base, running_node, token_for
 
 PIXEL_SPACING_MM = 0.5  # imaging_cloud.synthetic.ct_series
 SIZE = 128
@@ -39,12 +39,15 @@ class Study:
         self.uid = spec.study_instance_uid
         self.series = series
         self.first_sops = sops
+        self.token = token_for(node)
 
     def url(self, query: str) -> str:
-        return f"{self.base}/viewer/?{query}"
+        # The HIS embeds the viewer with the clinician's token; the page keeps it per tab.
+        return f"{self.base}/viewer/?{query}&token={self.token}"
 
     def api(self, path: str) -> httpx.Response:
-        return httpx.get(self.base + path, timeout=30)
+        headers = {"Authorization": f"Bearer {self.token}"}
+        return httpx.get(self.base + path, timeout=30, headers=headers)
 
 
 @pytest.fixture(scope="module")
@@ -212,10 +215,10 @@ def test_loads_by_accession_number_and_forwards_the_token(page: Any, study: Stud
             else None
         ),
     )
-    open_study(page, study, f"accession={ACCESSION}&token=secret-1")
+    open_study(page, study, f"accession={ACCESSION}")  # study.url adds &token=
     assert study.uid in shown(page)
     assert "Wang XiaoDong" in page.inner_text("#study-info")
-    assert sent and all(auth == "Bearer secret-1" for _, auth in sent), sent
+    assert sent and all(auth == f"Bearer {study.token}" for _, auth in sent), sent
     assert all("token" not in url for url, _ in sent)
     assert "token" not in page.url  # taken out of the address bar (and history)
     shot(page, "accession")

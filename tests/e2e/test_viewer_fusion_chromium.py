@@ -19,7 +19,7 @@ from pydicom.uid import generate_uid
 
 from imaging_cloud.synthetic import PatientSpec, StudySpec, ct_series, pet_series, to_part10
 from tests.e2e.conftest import ARTIFACTS
-from tests.support.servers import http_base, running_node
+from tests.support.servers import http_base, running_node, token_for
 
 pytestmark = pytest.mark.needs_chromium
 
@@ -34,6 +34,7 @@ ALL_FULL = (
 @dataclass
 class FusionStudy:
     base: str
+    token: str
     uid: str
     ct: str
     pet: str
@@ -57,6 +58,7 @@ def fusion_study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FusionStu
             node.archive.store(to_part10(ds), source="viewer-test")
         yield FusionStudy(
             http_base(node),
+            token_for(node),
             spec.study_instance_uid,
             str(ct[0].SeriesInstanceUID),
             str(pet[0].SeriesInstanceUID),
@@ -91,7 +93,7 @@ def _axial_rgb(page: Any, name: str) -> np.ndarray:
 
 def test_pet_overlay_in_mpr(page: Any, fusion_study: FusionStudy) -> None:
     fs = fusion_study
-    page.goto(f"{fs.base}/viewer/?study={fs.uid}")
+    page.goto(f"{fs.base}/viewer/?study={fs.uid}&token={fs.token}")
     page.wait_for_selector(".viewport img.image[data-src]")
     page.add_style_tag(
         content=".fusion-test-bare .mpr-view .overlay, .fusion-test-bare .mpr-view .corner, "

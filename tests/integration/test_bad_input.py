@@ -17,7 +17,7 @@ import pytest
 from imaging_cloud.node import Node
 from imaging_cloud.synthetic import PatientSpec, StudySpec, ct_series, to_part10
 from tests.support.samples import require_samples, samples_root
-from tests.support.servers import client, running_node
+from tests.support.servers import client, running_node, token_for
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom on broken values
 
@@ -216,6 +216,7 @@ def test_stow_claiming_an_oversized_body_is_413(baseline: Baseline) -> None:
         (
             "POST /dicom-web/studies HTTP/1.1\r\n"
             f"Host: 127.0.0.1:{port}\r\n"
+            f"Authorization: Bearer {token_for(baseline.node)}\r\n"
             f"Content-Type: {STOW_TYPE}\r\n"
             "Content-Length: 1000000000000\r\n"
             "Connection: close\r\n\r\n"

@@ -72,7 +72,7 @@ def test_tokens_expire_and_forgeries_fail(tmp_path: Path, archive: Archive) -> N
 
 def test_sign_in_over_http_and_suspension_takes_effect_at_once(sqlite_node: Node) -> None:
     sqlite_node.archive.users.create_user("zhao.min", PASSWORD, "clinician")
-    with client(sqlite_node) as http:
+    with client(sqlite_node, None) as http:
         refused = http.post("/api/auth/token", data={"username": "zhao.min", "password": "nope!"})
         assert refused.status_code == 401
         assert refused.headers["content-type"] == "application/problem+json"

@@ -22,7 +22,7 @@ from imaging_cloud.synthetic import (
     secondary_capture,
     to_part10,
 )
-from tests.support.servers import client, http_base, running_node
+from tests.support.servers import auth_headers, client, http_base, running_node
 
 
 def _value(item: dict[str, Any], tag: str) -> Any:
@@ -58,7 +58,9 @@ def stored(sqlite_node: Node) -> Stored:
     for ds in (*ct, *sc):
         to_part10(ds)  # adds the File Meta dicomweb-client encodes with
         ds.preamble = b"\0" * 128  # see test_store_of_datasets_built_in_memory
-    web = DICOMwebClient(url=f"{http_base(sqlite_node)}/dicom-web")
+    web = DICOMwebClient(
+        url=f"{http_base(sqlite_node)}/dicom-web", headers=auth_headers(sqlite_node)
+    )
     response = web.store_instances(datasets=ct + sc)
     assert "FailedSOPSequence" not in response
     assert len(response.ReferencedSOPSequence) == 5
@@ -71,7 +73,9 @@ def test_store_of_datasets_built_in_memory(sqlite_node: Node) -> None:
     for ds in datasets:
         to_part10(ds)
         assert getattr(ds, "preamble", None) is None  # made in memory, not read from a file
-    web = DICOMwebClient(url=f"{http_base(sqlite_node)}/dicom-web")
+    web = DICOMwebClient(
+        url=f"{http_base(sqlite_node)}/dicom-web", headers=auth_headers(sqlite_node)
+    )
     response = web.store_instances(datasets=datasets)
     assert len(response.ReferencedSOPSequence) == 2
 
@@ -275,7 +279,7 @@ def test_iso2022_gb2312_name_is_found_and_returned_in_unicode(
 
 def test_dicomweb_client_finds_chinese_names(charset_studies: tuple[Node, dict]) -> None:
     node, studies = charset_studies
-    web = DICOMwebClient(url=f"{http_base(node)}/dicom-web")
+    web = DICOMwebClient(url=f"{http_base(node)}/dicom-web", headers=auth_headers(node))
     found = web.search_for_studies(search_filters={"PatientName": "张*"})
     assert studies["gb18030"] in _uids(found, "0020000D")
     [study] = web.search_for_studies(search_filters={"PatientID": "CS-0"})

@@ -14,7 +14,19 @@ from imaging_cloud.node import Node
 from imaging_cloud.settings import load_settings
 from tests.support.ports import free_port, free_ports
 
-__all__ = ["client", "free_port", "free_ports", "http_base", "running_node"]
+__all__ = [
+    "ADMIN",
+    "auth_headers",
+    "client",
+    "free_port",
+    "free_ports",
+    "http_base",
+    "running_node",
+    "token_for",
+]
+
+ADMIN = "test-admin"  # a platform admin every test node has; its token is the clients' default
+PASSWORD = "correct horse battery staple"
 
 
 @contextmanager
@@ -28,6 +40,7 @@ def running_node(data_dir: Path, database_url: str = "") -> Iterator[Node]:
         database_url=database_url,
     )
     node = Node(settings)
+    node.archive.users.create_user(ADMIN, PASSWORD, "platform_admin")
     node.scp.start()
     server = node.http_server()
     thread = threading.Thread(target=server.run, daemon=True)
@@ -49,5 +62,18 @@ def http_base(node: Node) -> str:
     return f"http://127.0.0.1:{node.settings.http_port}"
 
 
-def client(node: Node) -> httpx.Client:
-    return httpx.Client(base_url=http_base(node), timeout=30)
+def token_for(node: Node, username: str = ADMIN) -> str:
+    """A signed access token for an existing user of ``node``."""
+    user = node.archive.users.by_username(username)
+    assert user is not None, username
+    return node.tokens.issue(user)
+
+
+def auth_headers(node: Node, username: str = ADMIN) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token_for(node, username)}"}
+
+
+def client(node: Node, username: str | None = ADMIN) -> httpx.Client:
+    """An HTTP client signed in as ``username`` (the platform admin by default; None: no one)."""
+    headers = auth_headers(node, username) if username else {}
+    return httpx.Client(base_url=http_base(node), timeout=30, headers=headers)
