@@ -28,6 +28,29 @@ def default_samples() -> Path | None:
 
 
 DEMO_HOSPITAL = "DEMO-H1"
+OTHER_HOSPITAL = "DEMO-H2"
+DEMO_PASSWORD = "demo-password"  # demo accounts only; printed by `make demo`
+DEMO_ACCOUNTS = (
+    ("demo.admin", "platform_admin", None),
+    ("demo.radiologist", "radiologist", DEMO_HOSPITAL),
+    ("demo.clinician", "clinician", DEMO_HOSPITAL),
+    ("demo.trainee", "trainee", DEMO_HOSPITAL),  # sees studies anonymised
+    ("demo.doctor.h2", "clinician", OTHER_HOSPITAL),  # needs the patient's grant for H1 studies
+    ("demo.regulator", "regulator", None),
+    ("demo.auditor", "auditor", None),
+)
+
+
+def create_demo_accounts(archive: Archive) -> list[tuple[str, str, str]]:
+    """The demo hospitals' second member and the demo users (username, role, hospital)."""
+    if archive.hospitals.by_id(OTHER_HOSPITAL) is None:
+        archive.hospitals.add_hospital(OTHER_HOSPITAL, "Demo District Hospital")
+    created = []
+    for username, role, hospital in DEMO_ACCOUNTS:
+        if archive.users.by_username(username) is None:
+            archive.users.create_user(username, DEMO_PASSWORD, role, hospital_id=hospital)
+        created.append((username, role, hospital or "(region)"))
+    return created
 
 
 def start_demo_gateway(archive: Archive, cloud_url: str, spool_dir: Path, port: int) -> Gateway:
@@ -80,12 +103,14 @@ def load_demo_data(
         patient=PatientSpec(patient_id="DEMO001", patient_name="Zhang^San=张^三="),
         study_description="Synthetic demo CT",
         accession_number="DEMO0001",
+        institution_name="Demo People's Hospital",
+        department="Radiology",
     )
     loaded = []
     objects = [to_part10(ds) for ds in ct_series(study, slices=64, size=256)]
     if gateway is not None:
         push_through_gateway(gateway, objects)
-        label = "synthetic CT, 64 slices (patient 张三), sent through the demo gateway"
+        label = f"synthetic CT, 64 slices (patient 张三, {DEMO_HOSPITAL}), through the demo gateway"
     else:
         for data in track(objects, description="synthetic CT"):
             archive.store(data, source="demo")
@@ -93,19 +118,21 @@ def load_demo_data(
     loaded.append((study.study_instance_uid, label))
     folder = samples or default_samples()
     if folder is not None:
-        loaded.extend(
-            _load_folder(archive, folder / "ct" / "philips_ingenuity_head_phantom_axial_1mm")
-        )
+        other = archive.hospitals.by_id(OTHER_HOSPITAL)
+        phantom = folder / "ct" / "philips_ingenuity_head_phantom_axial_1mm"
+        loaded.extend(_load_folder(archive, phantom, other.pk if other else None))
     return loaded
 
 
-def _load_folder(archive: Archive, folder: Path) -> list[tuple[str, str]]:
+def _load_folder(
+    archive: Archive, folder: Path, hospital_pk: int | None
+) -> list[tuple[str, str]]:
     studies: dict[str, str] = {}
     files = sorted(folder.glob("*.dcm"))
     for path in track(files, description=f"{folder.name}"):
         try:
-            outcome = archive.store(path.read_bytes(), source="demo")
+            outcome = archive.store(path.read_bytes(), source="demo", hospital_pk=hospital_pk)
         except ArchiveError:
             continue
-        studies[outcome.study_instance_uid] = f"real sample {folder.name}"
+        studies[outcome.study_instance_uid] = f"real sample {folder.name} ({OTHER_HOSPITAL})"
     return list(studies.items())

@@ -19,7 +19,7 @@ import pytest
 from imaging_cloud.node import Node
 from imaging_cloud.synthetic import PatientSpec, StudySpec, ct_series, to_part10
 from tests.e2e.conftest import ARTIFACTS
-from tests.support.servers import http_base, running_node, token_for
+from tests.support.servers import ADMIN, PASSWORD, http_base, running_node, token_for
 
 PIXEL_SPACING_MM = 0.5  # imaging_cloud.synthetic.ct_series
 SIZE = 128
@@ -222,6 +222,26 @@ def test_loads_by_accession_number_and_forwards_the_token(page: Any, study: Stud
     assert all("token" not in url for url, _ in sent)
     assert "token" not in page.url  # taken out of the address bar (and history)
     shot(page, "accession")
+
+
+@needs_chromium
+def test_without_a_token_the_viewer_asks_to_sign_in(page: Any, study: Study) -> None:
+    page.goto(f"{study.base}/viewer/?study={study.uid}")  # no HIS token
+    page.wait_for_selector("#sign-in:not([hidden])")
+    assert page.locator(IMAGE).count() == 0
+    page.fill("#sign-in input[name=username]", ADMIN)
+    page.fill("#sign-in input[name=password]", "not the password")
+    page.click("#sign-in button[type=submit]")
+    page.wait_for_function(
+        "document.querySelector('#sign-in .sign-in-error').textContent.length > 0"
+    )
+    assert "wrong username or password" in page.inner_text("#sign-in .sign-in-error")
+    shot(page, "sign-in-refused")
+    page.fill("#sign-in input[name=password]", PASSWORD)
+    page.click("#sign-in button[type=submit]")
+    page.wait_for_selector(IMAGE)
+    assert page.locator("#sign-in").is_hidden()
+    assert study.uid in shown(page)
 
 
 @needs_chromium

@@ -16,6 +16,7 @@ from tests.support.ports import free_port, free_ports
 
 __all__ = [
     "ADMIN",
+    "PASSWORD",
     "auth_headers",
     "client",
     "free_port",

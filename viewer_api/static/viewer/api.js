@@ -13,16 +13,22 @@ export const stats = (window.viewerStats = window.viewerStats || {
   errors: 0,
 });
 
-/** The token from `?token=` (kept for this tab, taken out of the address bar), if any. */
+function rememberToken(value) {
+  try {
+    sessionStorage.setItem(TOKEN_KEY, value);
+  } catch (_) { /* storage may be disabled; the token still works for this page */ }
+}
+
+/** The token from `?token=` (an HIS embedding) or `#token=` (a single sign-on redirect), kept
+ * for this tab and taken out of the address bar, else the one this tab already has. */
 export function takeToken(params) {
-  const given = params.get("token");
+  const fragment = new URLSearchParams(location.hash.slice(1));
+  const given = params.get("token") || fragment.get("token");
   if (given) {
-    try {
-      sessionStorage.setItem(TOKEN_KEY, given);
-    } catch (_) { /* storage may be disabled; the token still works for this page */ }
+    rememberToken(given);
     params.delete("token");
     const query = params.toString();
-    history.replaceState(null, "", location.pathname + (query ? "?" + query : "") + location.hash);
+    history.replaceState(null, "", location.pathname + (query ? "?" + query : ""));
     return given;
   }
   try {
@@ -35,6 +41,19 @@ export function takeToken(params) {
 let token = null;
 export function setToken(value) {
   token = value || null;
+}
+
+/** Sign in with a username and password (POST /api/auth/token); keeps the token for the tab. */
+export async function signIn(username, password) {
+  const response = await send("/api/auth/token", {
+    method: "POST",
+    headers: { Accept: "application/json" },
+    body: new URLSearchParams({ username, password }),
+  });
+  const body = await response.json();
+  rememberToken(body.access_token);
+  setToken(body.access_token);
+  return body.user;
 }
 
 function headers(extra) {

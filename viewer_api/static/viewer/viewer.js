@@ -2,7 +2,8 @@
 // lists its series, shows them in 1×1 / 2×1 / 2×2 layouts or as MPR, wires the toolbar.
 
 import {
-  API, ApiError, frameUrl, getJSON, images, metadataUrl, setToken, stats, studyUrl, takeToken,
+  API, ApiError, frameUrl, getJSON, images, metadataUrl, setToken, signIn, stats, studyUrl,
+  takeToken,
 } from "./api.js";
 import * as G from "./geometry.js";
 import { FusionControl } from "./fusion.js";
@@ -117,9 +118,32 @@ function clearError() {
 
 // --- study and series -----------------------------------------------------------------------
 
+/** No token or an expired one: ask for a sign-in, then load the study again. */
+function askToSignIn(err) {
+  const form = $("#sign-in");
+  const message = form.querySelector(".sign-in-error");
+  message.textContent = err && err.detail && !/sign in first/.test(err.detail) ? err.detail : "";
+  form.hidden = false;
+  form.querySelector("input[name=username]").focus();
+  form.onsubmit = async (event) => {
+    event.preventDefault();
+    const data = new FormData(form);
+    try {
+      await signIn(String(data.get("username")), String(data.get("password")));
+    } catch (failed) {
+      message.textContent = (failed && (failed.detail || failed.title)) || "Sign-in failed 登录失败";
+      return;
+    }
+    form.hidden = true;
+    form.reset();
+    loadStudy();
+  };
+}
+
 async function loadStudy() {
   const params = new URLSearchParams(location.search);
-  setToken(takeToken(params));
+  const given = takeToken(params);
+  if (given) setToken(given);
   const uid = params.get("study");
   const accession = params.get("accession");
   const info = $("#study-info");
@@ -149,6 +173,11 @@ async function loadStudy() {
     }
     study = await getJSON(studyUrl(studyUid));
   } catch (err) {
+    if (err && err.status === 401) {
+      info.textContent = "Sign in 请登录";
+      askToSignIn(err);
+      return;
+    }
     info.textContent = "Not loaded 未加载";
     document.body.classList.add("failed");
     showError(err, "Study not available 检查不可用");
