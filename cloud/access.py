@@ -128,9 +128,7 @@ class AccessPolicy:
             if link is None or link.revoked_at is not None or _aware(link.expires_at) <= moment:
                 return None
             uids = session.scalars(
-                select(ShareLinkStudy.study_instance_uid).where(
-                    ShareLinkStudy.share_link_pk == pk
-                )
+                select(ShareLinkStudy.study_instance_uid).where(ShareLinkStudy.share_link_pk == pk)
             )
             return self.for_share_link(pk, link.patient_id, frozenset(uids))
 

@@ -19,6 +19,7 @@ from cloud.access import AccessPolicy
 from cloud.audit import AuditLog
 from cloud.blobstore import BlobStore, open_blob_store
 from cloud.database import create_index_engine, migrate, session_factory, sqlite_url
+from cloud.deletion import DeletedStudy, delete_study
 from cloud.errors import BackendUnavailableError, InstanceNotFoundError
 from cloud.hospitals import HospitalRegistry
 from cloud.identity import UserDirectory
@@ -72,6 +73,7 @@ class Archive:
         return self._sessions
 
     def close(self) -> None:
+        self.audit.close()  # ends open viewing sessions with their duration
         self.engine.dispose()
 
     def store(
@@ -91,6 +93,23 @@ class Archive:
             expected_study_instance_uid=expected_study_instance_uid,
             hospital_pk=hospital_pk,
         )
+
+    def delete_study(self, study_instance_uid: str) -> DeletedStudy:
+        """Remove a study from the index and its blobs (see `cloud.deletion`)."""
+        deleted = delete_study(self._sessions, self.blobs, study_instance_uid)
+        self._ingestor.forget_cached_keys()  # the study's cached row keys are gone
+        return deleted
+
+    def update_study_details(self, study_instance_uid: str, description: str) -> None:
+        """Correct the index's Study Description (the stored objects stay as received)."""
+        with self._sessions() as session:
+            study = session.scalar(
+                select(Study).where(Study.study_instance_uid == study_instance_uid)
+            )
+            if study is None:
+                raise InstanceNotFoundError(f"study {study_instance_uid} is not in the archive")
+            study.study_description = description
+            session.commit()
 
     def search(self, query: Query) -> list[Match]:
         try:

@@ -78,6 +78,9 @@ class Ingestor:
         self._blobs = blobs
         self._pks = _PkCache()
 
+    def forget_cached_keys(self) -> None:
+        self._pks.clear()
+
     def store(
         self,
         data: bytes,

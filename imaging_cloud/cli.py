@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from cloud.archive import Archive
 from cloud.errors import ArchiveError
 from gateway.config import GatewayConfigError
+from imaging_cloud.audit_cli import add_audit_commands
 from imaging_cloud.gateway_cli import add_gateway_commands
 from imaging_cloud.settings import Settings, load_settings
 
@@ -57,7 +58,12 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from imaging_cloud.demo import load_demo_data, start_demo_gateway
+    from imaging_cloud.demo import (
+        DEMO_PASSWORD,
+        create_demo_accounts,
+        load_demo_data,
+        start_demo_gateway,
+    )
     from imaging_cloud.node import Node
 
     node = Node(_settings(args))
@@ -74,8 +80,12 @@ def _demo(args: argparse.Namespace) -> int:
         cloud_url = urls["health"].removesuffix("/healthz")
         spool = node.settings.data_dir / "demo-gateway-spool"
         gateway = start_demo_gateway(node.archive, cloud_url, spool, args.gateway_dicom_port)
+        accounts = create_demo_accounts(node.archive)
         studies = load_demo_data(node.archive, samples=args.samples, gateway=gateway)
         print("\nimaging-cloud demo is running (Ctrl-C to stop)")
+        print(f"\nDemo accounts (password {DEMO_PASSWORD!r}; the viewer asks to sign in):")
+        for username, role, hospital in accounts:
+            print(f"  {username:18} {role:15} {hospital}")
         for name, url in urls.items():
             print(f"  {name:9} {url}")
         print(f"  {'gateway':9} DEMOGW@127.0.0.1:{gateway.scp.port} (spool {spool})")
@@ -87,7 +97,11 @@ def _demo(args: argparse.Namespace) -> int:
         port = node.scp.port
         print(f"\nTry:\n  echoscu -aec {node.settings.ae_title} 127.0.0.1 {port}")
         print(f"  storescu -aec DEMOGW 127.0.0.1 {gateway.scp.port} FILE.dcm   # via the gateway")
-        print(f"  curl '{urls['dicomweb']}/studies?PatientName=*'", flush=True)
+        sign_in = f"curl -s -d username=demo.admin -d password={DEMO_PASSWORD}"
+        print(f"  TOKEN=$({sign_in} {cloud_url}/api/auth/token | jq -r .access_token)")
+        print(
+            f"  curl -H \"Authorization: Bearer $TOKEN\" '{urls['dicomweb']}/studies'", flush=True
+        )
         thread.join()
     except KeyboardInterrupt:
         server.should_exit = True
@@ -233,6 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     demo.set_defaults(handler=_demo)
     _add_admin_commands(commands)
+    add_audit_commands(commands)
     add_gateway_commands(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -124,9 +124,7 @@ def load_demo_data(
     return loaded
 
 
-def _load_folder(
-    archive: Archive, folder: Path, hospital_pk: int | None
-) -> list[tuple[str, str]]:
+def _load_folder(archive: Archive, folder: Path, hospital_pk: int | None) -> list[tuple[str, str]]:
     studies: dict[str, str] = {}
     files = sorted(folder.glob("*.dcm"))
     for path in track(files, description=f"{folder.name}"):

@@ -15,6 +15,7 @@ from cloud.errors import ArchiveError
 from cloud.identity import TokenSigner
 from cloud.monitoring import AlertMonitor, AlertPolicy
 from collectors.storage_scp import ReceivedObject, Sink, SinkResult, StorageSCP
+from imaging_cloud.audit_cli import install_audit
 from imaging_cloud.dimse_qr import ArchiveQueryRetrieve
 from imaging_cloud.settings import Settings
 from viewer_api.app import create_app
@@ -86,6 +87,7 @@ class Node:
         s = self.settings
         self.archive = Archive.open(s.data_dir, s.database_url, s.blob_url)
         self.tokens = TokenSigner(s.data_dir / "keys" / "token.key")
+        self.audit_detector = install_audit(self.archive, s)
         self.scp = StorageSCP(
             archive_sink(self.archive),
             ae_title=s.ae_title,
@@ -100,6 +102,7 @@ class Node:
                 max_stow_bytes=s.max_stow_bytes,
                 volume_cache_bytes=s.volume_cache_bytes,
                 volume_cache_url=s.volume_cache_url,
+                data_dir=s.data_dir,
             ),
             health_checks={"dicom": self.scp.ready.is_set},
             tokens=self.tokens,
@@ -153,3 +156,4 @@ class Node:
         self.alerts.stop()
         self.scp.stop()
         self.archive.close()
+        self.audit_detector.close()

@@ -41,6 +41,19 @@ class Settings(BaseSettings):
     alert_backlog_instances: int = Field(ge=0)
     alert_backlog_age_seconds: float = Field(gt=0)
     alert_repeated_failures: int = Field(gt=0)
+    audit_view_idle_seconds: float = Field(gt=0)
+    audit_view_flush_seconds: float = Field(gt=0)
+    audit_address_history_days: float = Field(gt=0)
+    audit_working_hours_start: int = Field(ge=0, le=23)
+    audit_working_hours_end: int = Field(ge=0, le=23)
+    audit_timezone: str = Field(min_length=1)
+    audit_burst_downloads: int = Field(ge=0)
+    audit_burst_minutes: float = Field(gt=0)
+    audit_denied_attempts: int = Field(ge=0)
+    audit_denied_minutes: float = Field(gt=0)
+    audit_mass_deletions: int = Field(ge=0)
+    audit_deletion_minutes: float = Field(gt=0)
+    audit_alert_dedup_minutes: float = Field(ge=0)
 
     @classmethod
     def settings_customise_sources(

@@ -13,6 +13,7 @@ from pydicom.pixels.processing import apply_color_lut
 from .display import encode
 from .grayscale import frame_transform_attributes, to_display_gray
 from .pixels import PixelDecodeError, frame_array
+from .watermark import burn_watermark
 from .window import Window
 
 __all__ = ["SUPPORTED_MEDIA_TYPES", "render_frame", "thumbnail"]
@@ -73,6 +74,7 @@ def render_frame(
     viewport: tuple[int, int] | None = None,
     media_type: str = "image/jpeg",
     quality: int = 90,
+    watermark: str | None = None,
 ) -> bytes:
     """Render one frame as an 8-bit JPEG or PNG image.
 
@@ -98,6 +100,8 @@ def render_frame(
         One of :data:`SUPPORTED_MEDIA_TYPES`.
     quality : int, optional
         JPEG quality 1-100; ignored for PNG.
+    watermark : str or None, optional
+        Text burned visibly into the image (shared and exported images say whose they are).
 
     Returns
     -------
@@ -136,13 +140,22 @@ def render_frame(
                 reducing_gap=3.0 if shrinking else None,
             )
             display = np.asarray(image)
+    if watermark:
+        display = np.asarray(
+            burn_watermark(Image.fromarray(np.ascontiguousarray(display)), watermark)
+        )
     # One encoder for every image the server sends: JPEG by libjpeg-turbo (simplejpeg),
     # PNG by Pillow with a fast lossless strategy (see mpr.display.encode).
     return encode(np.ascontiguousarray(display), key, quality=quality)
 
 
 def thumbnail(
-    ds: Dataset, index: int = 0, *, size: int = 128, media_type: str = "image/jpeg"
+    ds: Dataset,
+    index: int = 0,
+    *,
+    size: int = 128,
+    media_type: str = "image/jpeg",
+    watermark: str | None = None,
 ) -> bytes:
     """Render a frame fitted into a ``size`` x ``size`` square.
 
@@ -171,4 +184,6 @@ def thumbnail(
     """
     if isinstance(size, bool) or size < 1:
         raise ValueError(f"thumbnail size must be a positive integer, got {size!r}")
-    return render_frame(ds, index, viewport=(size, size), media_type=media_type)
+    return render_frame(
+        ds, index, viewport=(size, size), media_type=media_type, watermark=watermark
+    )

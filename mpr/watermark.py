@@ -43,17 +43,21 @@ def burn_watermark(image: Image.Image, text: str) -> Image.Image:
     Parameters
     ----------
     image : PIL.Image.Image
-        A rendered image, at least 32 pixels on each side; any Pillow mode.
+        A rendered image in any Pillow mode. One smaller than 32 pixels on a side is first
+        enlarged (nearest neighbour) to 64 on that side, so that no image leaves unmarked.
     text : str
         Who the image was released to, e.g. ``"张医生 · 2026-05-01 · teaching"``.
 
     Returns
     -------
     PIL.Image.Image
-        A new image of the same mode and size.
+        A new image of the same mode, and of the same size unless it had to be enlarged.
     """
     if min(image.size) < 32:
-        raise ValueError(f"watermarks need an image of at least 32 x 32 pixels, got {image.size}")
+        factor = -(-64 // min(image.size))
+        image = image.resize(
+            (image.width * factor, image.height * factor), Image.Resampling.NEAREST
+        )
     text = " ".join(text.split()) or "-"
     shade, alpha = _text_layer(image.size, text)
     if image.mode in _CONVERTED_MODES:  # palettes, bilevel, other colour spaces: blend in RGB

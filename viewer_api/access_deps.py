@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -173,3 +174,12 @@ def cache_control(who: Principal) -> str:
     """Staff browsers may keep images a few minutes; a patient's or a share link's phone keeps
     nothing beyond the page."""
     return "private, max-age=300" if who.kind == "user" else "no-store"
+
+
+def watermark_text(request: Request) -> str | None:
+    """What is burned into images a share link shows: whose link, so a screenshot passed on
+    still says where it came from."""
+    who: Principal | None = getattr(request.state, "principal", None)
+    if who is None or who.kind != "share_link":
+        return None
+    return f"分享查看 Shared view · link {who.share_link_pk} · {datetime.now(UTC):%Y-%m-%d}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
@@ -10,7 +11,21 @@ from sqlalchemy import text
 
 from cloud.archive import Archive
 from cloud.identity import TokenSigner
-from viewer_api import auth_api, gateway_api, qido, stow, viewer, wado
+from cloud.patients import CodeDelivery
+from viewer_api import (
+    audit_api,
+    auth_api,
+    export_api,
+    gateway_api,
+    patient_api,
+    patient_web,
+    qido,
+    share_api,
+    stow,
+    study_admin,
+    viewer,
+    wado,
+)
 from viewer_api.deps import ApiSettings
 from viewer_api.problems import install_problem_handlers
 from viewer_api.volume_cache import Volumes, open_volume_cache
@@ -26,8 +41,13 @@ def create_app(
     *,
     health_checks: dict[str, HealthCheck] | None = None,
     tokens: TokenSigner,
+    code_delivery: CodeDelivery | None = None,
+    data_dir: Path | None = None,
 ) -> FastAPI:
-    """Build the API around an open archive; ``health_checks`` name the other parts to watch."""
+    """Build the API around an open archive; ``health_checks`` name the other parts to watch.
+
+    ``code_delivery`` sends patients their sign-in codes (default: the log-only outbox under
+    ``data_dir``, which defaults to the embedded layout's data directory)."""
     app = FastAPI(
         title="imaging-cloud",
         summary="Regional imaging cloud: DICOMweb archive",
@@ -36,6 +56,7 @@ def create_app(
     app.state.archive = archive
     app.state.tokens = tokens
     app.state.sign_in_limits = auth_api.SignInLimits()
+    patient_api.install(app, archive, code_delivery=code_delivery, data_dir=data_dir)
     app.state.api_settings = api_settings = settings or ApiSettings()
     app.state.volumes = Volumes(
         open_volume_cache(api_settings.volume_cache_bytes, api_settings.volume_cache_url)
@@ -48,7 +69,13 @@ def create_app(
     app.include_router(gateway_api.operators)
     app.include_router(viewer.router)
     app.include_router(auth_api.router)
+    app.include_router(study_admin.router)
+    app.include_router(export_api.router)
+    app.include_router(audit_api.router)
     app.include_router(web_router)
+    for router in (patient_api.router, patient_api.workstation, share_api.router):
+        app.include_router(router)
+    app.include_router(patient_web.router)
 
     @app.middleware("http")
     async def no_store_for_patients(request: Request, call_next: CallNext) -> Response:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -19,6 +20,8 @@ class ApiSettings:
     # Assembled MPR volumes kept in this process (bytes of voxels), or in Redis if a URL is set.
     volume_cache_bytes: int = 1024**3
     volume_cache_url: str = ""
+    # Where the node keeps its keys (de-identification key for exports).
+    data_dir: Path = Path("data")
 
 
 def get_archive(request: Request) -> Archive:

@@ -24,8 +24,9 @@ from mpr.display import crop_and_resize, encode
 from mpr.grayscale import frame_transform_attributes, to_display_gray
 from mpr.pixels import PixelDecodeError, frame_array, number_of_frames
 from mpr.render import render_frame
+from mpr.watermark import burn_watermark
 from mpr.window import Window
-from viewer_api.access_deps import study_access
+from viewer_api.access_deps import study_access, watermark_text
 from viewer_api.deps import ArchiveDep
 from viewer_api.etag import instances_digest, matches, not_modified, strong_etag, validator_headers
 from viewer_api.viewer_params import (
@@ -94,6 +95,7 @@ def _render_stored_frame(
     size: tuple[int, int] | None,
     media_type: str,
     quality: int,
+    watermark: str | None = None,
 ) -> tuple[bytes, Window | None]:
     try:
         colour = ds.get("SamplesPerPixel", 1) != 1 or ds.get("PhotometricInterpretation") in (
@@ -108,6 +110,8 @@ def _render_stored_frame(
     if invert:
         display = np.subtract(255, display, dtype=np.uint8)
     display = crop_and_resize(display, region, size) if region or size else display
+    if watermark:
+        display = np.asarray(burn_watermark(Image.fromarray(display), watermark))
     return encode(display, media_type, quality=quality), window
 
 
@@ -148,6 +152,7 @@ async def rendered_frame(
         "region": parsed_region,
         "size": parsed_size,
         "quality": quality if media_type == "image/jpeg" else None,
+        "watermark": (mark := watermark_text(request)),
     }
     etag = strong_etag(instances_digest([sop]), parameters, media_type)
     if matches(request, etag):
@@ -166,6 +171,7 @@ async def rendered_frame(
             size=parsed_size,
             media_type=media_type,
             quality=quality,
+            watermark=mark,
         )
 
     body, applied = await run_in_threadpool(work)

@@ -20,7 +20,7 @@ from cloud.metadata import BULK_BASE
 from cloud.metadata import bulk_value as read_bulk_value
 from collectors.multipart import new_boundary, parse_accept, stream_parts
 from viewer_api import anonymise
-from viewer_api.access_deps import StudyGrant, cache_control, study_access
+from viewer_api.access_deps import StudyGrant, cache_control, study_access, watermark_text
 from viewer_api.deps import ArchiveDep, dicomweb_base
 from viewer_api.problems import HTTPProblem
 from viewer_api.transcode import (
@@ -253,6 +253,7 @@ async def _render(
 ) -> Response:
     media_type = _render_type(request)
     parsed_window, parsed_viewport = _window(window), _viewport(viewport)
+    mark = watermark_text(request)
 
     def work() -> bytes:
         # Load and render in one worker-thread hop: each hop costs a measurable share of a
@@ -261,7 +262,7 @@ async def _render(
         _frame_numbers(str(frame), _frames_in(ds))
         try:
             if thumbnail and parsed_viewport is None:
-                return mpr.thumbnail(ds, frame - 1, media_type=media_type)
+                return mpr.thumbnail(ds, frame - 1, media_type=media_type, watermark=mark)
             return mpr.render_frame(
                 ds,
                 frame - 1,
@@ -269,6 +270,7 @@ async def _render(
                 viewport=parsed_viewport,
                 media_type=media_type,
                 quality=quality,
+                watermark=mark,
             )
         except mpr.PixelDecodeError as exc:
             raise InvalidDatasetError(f"cannot render: {exc}") from exc

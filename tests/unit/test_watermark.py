@@ -90,6 +90,8 @@ def test_without_a_cjk_font_falls_back_to_pillows_font(
     assert _changed(image, marked).mean() > 0.02
 
 
-def test_too_small_an_image_is_refused() -> None:
-    with pytest.raises(ValueError, match="32"):
-        burn_watermark(Image.new("L", (31, 200)), "x")
+def test_too_small_an_image_is_enlarged_and_still_marked() -> None:
+    image = Image.new("L", (16, 16), 0)
+    marked = burn_watermark(image, "share link 7")
+    assert min(marked.size) >= 64 and marked.mode == "L"
+    assert np.asarray(marked).max() > 0
