@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from cloud.errors import ArchiveError, InstanceNotFoundError
 from cloud.identity import UserRef, effective_permissions, roles
 from cloud.models import Patient, PatientGrant, ShareLink, ShareLinkStudy, Study
-from cloud.scope import StudyScope
+from cloud.scope import StudyScope, active_grants
 
 
 class AccessDeniedError(ArchiveError):
@@ -134,8 +134,8 @@ class AccessPolicy:
 
     # --- scope -----------------------------------------------------------------------------
 
-    def scope(self, principal: Principal, now: datetime | None = None) -> StudyScope:
-        """The studies ``principal`` reaches now (grants are read from the index each time)."""
+    def scope(self, principal: Principal) -> StudyScope:
+        """The studies ``principal`` reaches (grants are read by the search itself)."""
         kind = principal.scope_kind
         if kind in ("platform", "region"):
             # Regional roles hold no image permissions; their routes refuse before any search.
@@ -149,21 +149,14 @@ class AccessPolicy:
         return StudyScope(
             hospital_pk=principal.hospital_pk,
             department=principal.department if kind == "department" else None,
-            patient_ids=self.granted_patients(principal.hospital_pk, now),
+            granted_to_hospital=principal.hospital_pk,
         )
 
-    def granted_patients(self, hospital_pk: int, now: datetime | None = None) -> frozenset[str]:
-        """Patients whose active grant lets this hospital see their other hospitals' studies."""
-        moment = now or datetime.now(UTC)
+    def has_grant(self, patient_id: str, hospital_pk: int) -> bool:
+        """Whether the patient's active grant lets this hospital see their other studies."""
         with self._sessions() as session:
-            rows = session.scalars(
-                select(PatientGrant.patient_id).where(
-                    PatientGrant.hospital_pk == hospital_pk,
-                    PatientGrant.revoked_at.is_(None),
-                    PatientGrant.expires_at > moment,
-                )
-            )
-            return frozenset(rows)
+            query = active_grants(hospital_pk).where(PatientGrant.patient_id == patient_id)
+            return session.execute(query.limit(1)).first() is not None
 
     def study_owner(self, study_instance_uid: str) -> StudyOwner | None:
         with self._sessions() as session:
@@ -194,9 +187,13 @@ class AccessPolicy:
         if owner is None:
             raise InstanceNotFoundError(f"study {study_instance_uid} is not in the archive")
         scope = self.scope(principal)
-        if not scope.admits(
+        admitted = scope.admits_directly(
             owner.hospital_pk, owner.department, owner.patient_id, owner.study_instance_uid
-        ):
+        ) or (
+            scope.granted_to_hospital is not None
+            and self.has_grant(owner.patient_id, scope.granted_to_hospital)
+        )
+        if not admitted:
             raise AccessDeniedError(_out_of_scope(principal))
         return owner
 

@@ -3,17 +3,28 @@
 A hospital user reaches their hospital's studies (a department-scoped one only their
 department's), plus the studies of patients who authorised their hospital; a patient reaches
 their own; a share link its listed studies. The condition is applied inside the search itself,
-so paging and counts never see what is out of scope.
+so paging and counts never see what is out of scope. Grants enter as a subquery, read at the
+moment of the search, so a revoked or expired grant stops counting at once.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import false, or_, select, true
 
-from cloud.models import Patient, Study
+from cloud.models import Patient, PatientGrant, Study
+
+
+def active_grants(hospital_pk: int, now: datetime | None = None) -> Any:
+    """Patient IDs with a grant for this hospital that is neither revoked nor expired."""
+    return select(PatientGrant.patient_id).where(
+        PatientGrant.hospital_pk == hospital_pk,
+        PatientGrant.revoked_at.is_(None),
+        PatientGrant.expires_at > (now or datetime.now(UTC)),
+    )
 
 
 @dataclass(frozen=True)
@@ -21,6 +32,7 @@ class StudyScope:
     everything: bool = False
     hospital_pk: int | None = None
     department: str | None = None
+    granted_to_hospital: int | None = None  # plus the studies of patients who granted it
     patient_ids: frozenset[str] = field(default_factory=frozenset)
     study_uids: frozenset[str] = field(default_factory=frozenset)
 
@@ -29,7 +41,7 @@ class StudyScope:
         return cls(hospital_pk=hospital_pk)
 
     def condition(self) -> Any:
-        """A boolean SQL expression over `Study` (and `Patient` through a subquery)."""
+        """A boolean SQL expression over `Study` (patients through subqueries)."""
         if self.everything:
             return true()
         parts: list[Any] = []
@@ -38,6 +50,11 @@ class StudyScope:
             if self.department is not None:
                 own = own & (Study.department == self.department)
             parts.append(own)
+        if self.granted_to_hospital is not None:
+            granted = select(Patient.pk).where(
+                Patient.patient_id.in_(active_grants(self.granted_to_hospital))
+            )
+            parts.append(Study.patient_pk.in_(granted))
         if self.patient_ids:
             patients = select(Patient.pk).where(Patient.patient_id.in_(sorted(self.patient_ids)))
             parts.append(Study.patient_pk.in_(patients))
@@ -45,8 +62,10 @@ class StudyScope:
             parts.append(Study.study_instance_uid.in_(sorted(self.study_uids)))
         return or_(*parts) if parts else false()
 
-    def admits(self, hospital_pk: int | None, department: str, patient_id: str, uid: str) -> bool:
-        """The same rule as `condition`, for one study already looked up."""
+    def admits_directly(
+        self, hospital_pk: int | None, department: str, patient_id: str, uid: str
+    ) -> bool:
+        """The rule of `condition` for one study, grants aside (they need the index)."""
         if self.everything:
             return True
         if self.hospital_pk is not None and hospital_pk == self.hospital_pk:
