@@ -26,7 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from cloud.errors import ArchiveError, InvalidQueryError
-from cloud.models import Hospital, User
+from cloud.models import Department, Hospital, User
 
 ROLES_FILE = Path(__file__).resolve().parents[1] / "config" / "roles.toml"
 USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{1,63}$")
@@ -162,6 +162,22 @@ class TokenSigner:
         return str(claims["sub"])
 
 
+def check_department(session: Session, hospital_pk: int | None, department: str) -> str:
+    """``department`` (a code of the departments table) if the hospital has it, else refuse;
+    the code is what department-scoped roles match against studies' department."""
+    code = department.strip()
+    if not code:
+        return ""
+    if hospital_pk is None:
+        raise InvalidQueryError("a department needs a hospital: departments belong to one")
+    known = session.scalar(
+        select(Department.pk).where(Department.hospital_pk == hospital_pk, Department.code == code)
+    )
+    if known is None:
+        raise InvalidQueryError(f"department {code!r} is not registered at this hospital")
+    return code
+
+
 class UserDirectory:
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self._sessions = sessions
@@ -174,7 +190,11 @@ class UserDirectory:
         *,
         hospital_id: str | None = None,
         department: str = "",
+        status: str = "active",
+        full_name: str = "",
+        requested_role: str = "",
     ) -> UserRef:
+        """A new user; ``status="pending"`` for self-registration (cannot sign in yet)."""
         if not USERNAME.match(username):
             raise InvalidQueryError(
                 f"username {username!r}: 2-64 letters, digits, '_', '.', '@', '-'"
@@ -184,6 +204,8 @@ class UserDirectory:
         if role not in roles() or not roles()[role].assignable:
             assignable = sorted(name for name, r in roles().items() if r.assignable)
             raise InvalidQueryError(f"unknown role {role!r}; roles: {', '.join(assignable)}")
+        if status not in STATUSES:
+            raise InvalidQueryError(f"status must be one of {', '.join(STATUSES)}")
         with self._sessions() as session:
             hospital_pk = None
             if hospital_id:
@@ -197,9 +219,11 @@ class UserDirectory:
                 password_hash=_hasher.hash(password),
                 role=role,
                 hospital_pk=hospital_pk,
-                department=department.strip()[:64],
-                status="active",
+                department=check_department(session, hospital_pk, department),
+                status=status,
                 created_at=datetime.now(UTC),
+                full_name=full_name.strip()[:128],
+                requested_role=requested_role,
             )
             session.add(row)
             try:
@@ -232,6 +256,25 @@ class UserDirectory:
                 user.permissions_granted,
                 user.permissions_revoked,
             )
+
+    def by_oidc_subject(self, subject: str) -> UserRef | None:
+        """The user linked to this OpenID Connect subject (``sub``), if any."""
+        with self._sessions() as session:
+            username = session.scalar(select(User.username).where(User.oidc_subject == subject))
+        return None if username is None else self.by_username(username)
+
+    def link_oidc_subject(self, username: str, subject: str) -> bool:
+        """Link an account not yet linked to ``subject``; False if it is linked already."""
+        with self._sessions() as session:
+            row = session.scalar(select(User).where(User.username == username))
+            if row is None or row.oidc_subject is not None:
+                return False
+            row.oidc_subject = subject
+            try:
+                session.commit()
+            except IntegrityError:  # the subject went to another account meanwhile
+                return False
+        return True
 
     def authenticate(self, username: str, password: str) -> UserRef:
         """The active user with this password; AuthenticationError (one message) otherwise."""

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from cloud.archive import Archive
 from cloud.errors import ArchiveError
 from gateway.config import GatewayConfigError
+from imaging_cloud.access_cli import add_access_admin_commands
 from imaging_cloud.audit_cli import add_audit_commands
 from imaging_cloud.gateway_cli import add_gateway_commands
 from imaging_cloud.settings import Settings, load_settings
@@ -230,6 +231,7 @@ def _add_admin_commands(commands: Any) -> None:
     back.add_argument("--hospital-id", required=True)
     back.add_argument("--study", required=True, help="Study Instance UID")
     back.set_defaults(handler=_send_back)
+    add_access_admin_commands(actions, _add_archive_options, _open_archive)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,6 +20,7 @@ from imaging_cloud.dimse_qr import ArchiveQueryRetrieve
 from imaging_cloud.settings import Settings
 from viewer_api.app import create_app
 from viewer_api.deps import ApiSettings
+from viewer_api.oidc import OidcConfig
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +73,19 @@ def archive_sink(archive: Archive) -> Sink:
     return sink
 
 
+def oidc_config(settings: Settings) -> OidcConfig | None:
+    """Single sign-on settings for the HTTP app, or None while no issuer is configured."""
+    if not settings.oidc_issuer:
+        return None
+    return OidcConfig(
+        issuer=settings.oidc_issuer,
+        client_id=settings.oidc_client_id,
+        client_secret=settings.oidc_client_secret.get_secret_value(),
+        redirect_base=settings.oidc_redirect_base,
+        username_claim=settings.oidc_username_claim,
+    )
+
+
 @dataclass
 class Node:
     """Holds the running parts so `serve`, the demo and tests start and stop them alike."""
@@ -106,6 +120,7 @@ class Node:
             ),
             health_checks={"dicom": self.scp.ready.is_set},
             tokens=self.tokens,
+            oidc=oidc_config(s),
         )
         self.alerts = AlertMonitor(
             self.archive.sessions,

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -54,6 +55,26 @@ class Settings(BaseSettings):
     audit_mass_deletions: int = Field(ge=0)
     audit_deletion_minutes: float = Field(gt=0)
     audit_alert_dedup_minutes: float = Field(ge=0)
+    oidc_issuer: str
+    oidc_client_id: str
+    oidc_client_secret: SecretStr
+    oidc_redirect_base: str
+    oidc_username_claim: str = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _oidc_complete(self) -> Settings:
+        """Single sign-on is off without an issuer; with one, it needs the rest, and https
+        (plain http only to this machine, for tests and a provider on the same host)."""
+        if not self.oidc_issuer:
+            return self
+        if not self.oidc_client_id or not self.oidc_redirect_base:
+            raise ValueError("oidc_issuer needs oidc_client_id and oidc_redirect_base")
+        for name in ("oidc_issuer", "oidc_redirect_base"):
+            url = urlsplit(getattr(self, name))
+            loopback = url.hostname in ("127.0.0.1", "localhost", "::1")
+            if url.scheme != "https" and not (url.scheme == "http" and loopback):
+                raise ValueError(f"{name} must be an https:// URL")
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
@@ -13,6 +12,7 @@ from cloud.archive import Archive
 from cloud.identity import TokenSigner
 from cloud.patients import CodeDelivery
 from viewer_api import (
+    admin_api,
     audit_api,
     auth_api,
     export_api,
@@ -27,6 +27,8 @@ from viewer_api import (
     wado,
 )
 from viewer_api.deps import ApiSettings
+from viewer_api.oidc import OidcConfig, OidcLogin
+from viewer_api.oidc import router as oidc_router
 from viewer_api.problems import install_problem_handlers
 from viewer_api.volume_cache import Volumes, open_volume_cache
 from viewer_api.web import router as web_router
@@ -42,12 +44,12 @@ def create_app(
     health_checks: dict[str, HealthCheck] | None = None,
     tokens: TokenSigner,
     code_delivery: CodeDelivery | None = None,
-    data_dir: Path | None = None,
+    oidc: OidcConfig | None = None,
 ) -> FastAPI:
     """Build the API around an open archive; ``health_checks`` name the other parts to watch.
 
     ``code_delivery`` sends patients their sign-in codes (default: the log-only outbox under
-    ``data_dir``, which defaults to the embedded layout's data directory)."""
+    the settings' ``data_dir``). ``oidc`` turns on single sign-on with that OpenID provider."""
     app = FastAPI(
         title="imaging-cloud",
         summary="Regional imaging cloud: DICOMweb archive",
@@ -56,8 +58,8 @@ def create_app(
     app.state.archive = archive
     app.state.tokens = tokens
     app.state.sign_in_limits = auth_api.SignInLimits()
-    patient_api.install(app, archive, code_delivery=code_delivery, data_dir=data_dir)
     app.state.api_settings = api_settings = settings or ApiSettings()
+    patient_api.install(app, archive, code_delivery=code_delivery, data_dir=api_settings.data_dir)
     app.state.volumes = Volumes(
         open_volume_cache(api_settings.volume_cache_bytes, api_settings.volume_cache_url)
     )
@@ -69,11 +71,16 @@ def create_app(
     app.include_router(gateway_api.operators)
     app.include_router(viewer.router)
     app.include_router(auth_api.router)
+    app.include_router(admin_api.registrations)
+    app.include_router(admin_api.accounts)
+    if oidc is not None:
+        app.state.oidc = OidcLogin(oidc)
+        app.include_router(oidc_router)
     app.include_router(study_admin.router)
     app.include_router(export_api.router)
     app.include_router(audit_api.router)
     app.include_router(web_router)
-    for router in (patient_api.router, patient_api.workstation, share_api.router):
+    for router in (patient_api.router, share_api.router, share_api.workstation):
         app.include_router(router)
     app.include_router(patient_web.router)
 

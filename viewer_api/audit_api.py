@@ -119,7 +119,7 @@ async def events(
     archive: ArchiveDep,
     query: EventQueryDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
 ) -> dict[str, Any]:
     """Matching audit entries, newest first."""
     filters = replace(query.for_principal(who), limit=limit, offset=offset)
@@ -187,7 +187,7 @@ async def alerts(
     actor: Annotated[str, Query(max_length=128)] = "",
     since: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
 ) -> dict[str, Any]:
     """Access alerts (unusual address or hour, bursts, refusals, mass deletion), newest first."""
     if kind and kind not in KINDS:

@@ -29,7 +29,7 @@ _MEDIA_TYPES = {
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,100}$")
 
 # The page talks only to this origin; images arrive as blob: URLs made from fetch() answers.
-_PAGE_HEADERS = {
+PAGE_HEADERS = {
     "Cache-Control": "no-store",
     "Content-Security-Policy": (
         "default-src 'self'; script-src 'self'; style-src 'self'; "
@@ -49,7 +49,7 @@ class _StaticFile:
     etag: str
 
 
-def _load_static(folder: Path) -> dict[str, _StaticFile]:
+def load_static(folder: Path) -> dict[str, _StaticFile]:
     files: dict[str, _StaticFile] = {}
     if not folder.is_dir():
         return files
@@ -63,7 +63,7 @@ def _load_static(folder: Path) -> dict[str, _StaticFile]:
     return files
 
 
-_FILES = _load_static(STATIC_DIR)
+_FILES = load_static(STATIC_DIR)
 
 
 def _not_found(what: str) -> HTTPProblem:
@@ -81,7 +81,7 @@ def viewer_page() -> Response:
     page = _FILES.get("index.html")
     if page is None:
         raise _not_found("index.html")
-    return Response(page.body, media_type=page.media_type, headers=_PAGE_HEADERS)
+    return Response(page.body, media_type=page.media_type, headers=PAGE_HEADERS)
 
 
 @router.get("/viewer/static/{name}")

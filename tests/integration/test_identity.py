@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from cloud.archive import Archive
+from cloud.directory_admin import DirectoryAdmin, console_principal
 from cloud.errors import InvalidQueryError
 from cloud.identity import AuthenticationError, TokenSigner, UserDirectory, roles
 from cloud.models import User
@@ -28,6 +29,7 @@ def test_roles_are_data_with_the_regional_roles() -> None:
 
 def test_passwords_are_stored_as_argon2_and_checked(archive: Archive) -> None:
     archive.hospitals.add_hospital("H1", "One")
+    DirectoryAdmin(archive.sessions).add_department(console_principal(), "H1", "Radiology")
     user = archive.users.create_user("li.wei", PASSWORD, "clinician", hospital_id="H1",
                                      department="Radiology")  # fmt: skip
     assert (user.hospital_id, user.department, user.status) == ("H1", "Radiology", "active")
