@@ -34,6 +34,7 @@ bench: install
 	$(BIN)/python bench/run.py
 	$(BIN)/python bench/gateway.py
 	$(BIN)/python bench/viewer.py
+	$(BIN)/python bench/access.py
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

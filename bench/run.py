@@ -54,6 +54,10 @@ SCU_AET = "BENCHSCU"
 MB = 1_000_000
 WADO_ACCEPT = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 NODELAY_ENV = {"TCP_NODELAY": "1"}
+# Security is on by default (issue 5): the bench signs in as this platform admin, created in the
+# node's data dir with the CLI, and sends its token on every /dicom-web and /viewer-api call.
+BENCH_USER = "bench-admin"
+BENCH_PASSWORD = "bench-password-0123"
 
 DURABILITY = {
     IMAGING_CLOUD: (
@@ -157,6 +161,48 @@ class Target:
     dicom_port: int
     dicomweb_url: str
     version: str
+    token: str = ""  # Bearer token for imaging-cloud; Orthanc runs without authentication
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return auth_headers(self.token)
+
+
+def auth_headers(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def imaging_cloud_command() -> str:
+    executable = Path(sys.executable).with_name("imaging-cloud")
+    return str(executable) if executable.exists() else "imaging-cloud"
+
+
+def admin_cli(data_dir: Path, action: str, *options: str) -> str:
+    """``imaging-cloud admin <action> --data-dir <data_dir> <options>``; its stdout."""
+    command = [imaging_cloud_command(), "admin", action, "--data-dir", str(data_dir), *options]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"admin {action} failed ({result.returncode}): {result.stderr.strip()}")
+    return result.stdout.strip()
+
+
+def create_user(
+    data_dir: Path, username: str, password: str, role: str, hospital: str | None = None
+) -> None:
+    options = ["--username", username, "--password", password, "--role", role]
+    admin_cli(data_dir, "create-user", *options, *(["--hospital", hospital] if hospital else []))
+
+
+def sign_in(base_url: str, username: str, password: str) -> str:
+    """``POST /api/auth/token``: the access token."""
+    response = httpx.post(
+        f"{base_url}/api/auth/token",
+        data={"username": username, "password": password},
+        timeout=30.0,
+    )
+    if response.status_code != 200:
+        raise RuntimeError(f"sign-in as {username} → {response.status_code}: {response.text[:300]}")
+    return str(response.json()["access_token"])
 
 
 class ImagingCloudServer:
@@ -168,6 +214,7 @@ class ImagingCloudServer:
         self.aet = aet
         self.http_port = 0
         self.dicom_port = 0
+        self.token = ""  # the bench platform admin's, after __enter__
         self._process: subprocess.Popen[bytes] | None = None
         self._log: Any = None
 
@@ -183,13 +230,20 @@ class ImagingCloudServer:
     def log_path(self) -> Path:
         return self.workdir / "imaging-cloud.log"
 
+    @property
+    def data_dir(self) -> Path:
+        return self.workdir / "data"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return auth_headers(self.token)
+
     def command(self) -> list[str]:
-        executable = Path(sys.executable).with_name("imaging-cloud")
         return [
-            str(executable) if executable.exists() else "imaging-cloud",
+            imaging_cloud_command(),
             "serve",
             "--data-dir",
-            str(self.workdir / "data"),
+            str(self.data_dir),
             "--http-host",
             LOOPBACK,
             "--http-port",
@@ -202,6 +256,10 @@ class ImagingCloudServer:
 
     def __enter__(self) -> ImagingCloudServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        created = self.workdir / "bench-user-created"  # once per data dir (servers restart)
+        if not created.exists():
+            create_user(self.data_dir, BENCH_USER, BENCH_PASSWORD, "platform_admin")
+            created.touch()
         self.http_port, self.dicom_port = free_ports(2)
         self._log = self.log_path.open("wb")
         self._process = subprocess.Popen(
@@ -213,6 +271,7 @@ class ImagingCloudServer:
         )
         try:
             self._wait_until_up()
+            self.token = sign_in(self.base_url, BENCH_USER, BENCH_PASSWORD)
         except BaseException:
             self.stop()
             raise
@@ -270,7 +329,9 @@ def started_imaging_cloud(workdir: Path, args: argparse.Namespace) -> Iterator[T
     server = ImagingCloudServer(workdir / "imaging-cloud", args.startup_timeout)
     try:
         with server:
-            yield Target(IMAGING_CLOUD, server.aet, server.dicom_port, server.dicomweb_url, "")
+            yield Target(
+                IMAGING_CLOUD, server.aet, server.dicom_port, server.dicomweb_url, "", server.token
+            )
     except BaseException:
         console.print(f"[red]imaging-cloud log ({server.log_path}):[/]\n{server.log_tail()}")
         raise
@@ -378,7 +439,7 @@ def wait_for_instances(target: Target, data: DataSet, timeout: float = 120.0) ->
     """Seconds from storescu's exit until QIDO lists every instance (0 if at once)."""
     started = time.perf_counter()
     first = True
-    with httpx.Client(timeout=60.0) as client:
+    with httpx.Client(timeout=60.0, headers=target.headers) as client:
         while True:
             asked = time.perf_counter() - started
             found = count_instances(client, target.dicomweb_url, data)
@@ -461,7 +522,7 @@ def retrieve_series(client: httpx.Client, target: Target, data: DataSet) -> Retr
 
 def retrieve_best(target: Target, data: DataSet, repeats: int) -> list[Retrieval]:
     runs = []
-    with httpx.Client(timeout=600.0) as client:
+    with httpx.Client(timeout=600.0, headers=target.headers) as client:
         for run in range(1, repeats + 1):
             retrieval = retrieve_series(client, target, data)
             if retrieval.parts != data.instances:

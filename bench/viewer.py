@@ -57,6 +57,7 @@ from bench.run import (  # noqa: E402
     DataSet,
     ImagingCloudServer,
     Target,
+    auth_headers,
     console,
     enter_private_network,
     environment,
@@ -357,9 +358,10 @@ class KeepAlive(http.client.HTTPConnection):
     those.
     """
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, token: str = "") -> None:
         parts = urlsplit(base_url)
         super().__init__(parts.hostname or LOOPBACK, parts.port, timeout=600)
+        self.auth = auth_headers(token)  # sent with every request (imaging-cloud only)
         self.connects = 0
         self.retries = 0
 
@@ -369,6 +371,7 @@ class KeepAlive(http.client.HTTPConnection):
         self.connects += 1
 
     def call(self, method: str, path: str, headers: dict[str, str], body: bytes = b"") -> Reply:
+        headers = {**self.auth, **headers}
         for attempt in (1, 2):
             reused = self.sock is not None
             try:
@@ -479,7 +482,16 @@ ENDPOINTS = (
     ),
 )
 
-ServerStarter = Callable[[], AbstractContextManager[str]]
+
+@dataclass(frozen=True)
+class Node:
+    """A running server: its base URL, and the bench user's token (imaging-cloud only)."""
+
+    url: str
+    token: str = ""
+
+
+ServerStarter = Callable[[], AbstractContextManager[Node]]
 
 
 @dataclass
@@ -493,19 +505,19 @@ class Servers:
     ingest_seconds: dict[str, dict[str, float]]
 
 
-class RunningImagingCloud(AbstractContextManager[str]):
-    """A new ``imaging-cloud serve`` process on existing data; ``with`` gives its base URL."""
+class RunningImagingCloud(AbstractContextManager[Node]):
+    """A new ``imaging-cloud serve`` process on existing data; ``with`` gives its URL, token."""
 
     def __init__(self, workdir: Path, timeout: float) -> None:
         self.server = ImagingCloudServer(workdir, timeout)
 
-    def __enter__(self) -> str:
+    def __enter__(self) -> Node:
         try:
             self.server.__enter__()
         except BaseException:
             console.print(f"[red]imaging-cloud log:[/]\n{self.server.log_tail()}")
             raise
-        return self.server.base_url
+        return Node(self.server.base_url, self.server.token)
 
     def __exit__(self, *exc_info: object) -> None:
         if exc_info[0] is not None:
@@ -513,15 +525,15 @@ class RunningImagingCloud(AbstractContextManager[str]):
         self.server.stop()
 
 
-class RunningOrthanc(AbstractContextManager[str]):
+class RunningOrthanc(AbstractContextManager[Node]):
     """A new Orthanc process on existing storage; ``with`` gives its base URL."""
 
     def __init__(self, workdir: Path, timeout: float) -> None:
         self.server = OrthancServer(startup_timeout=timeout, workdir=workdir)
 
-    def __enter__(self) -> str:
+    def __enter__(self) -> Node:
         self.server.start()
-        return self.server.base_url
+        return Node(self.server.base_url)
 
     def __exit__(self, *exc_info: object) -> None:
         if exc_info[0] is not None:
@@ -536,11 +548,13 @@ def load_imaging_cloud(
     seconds = {}
     try:
         with server:
-            target = Target(IMAGING_CLOUD, server.aet, server.dicom_port, server.dicomweb_url, "")
+            target = Target(
+                IMAGING_CLOUD, server.aet, server.dicom_port, server.dicomweb_url, "", server.token
+            )
             for ct in data:
                 seconds[ct.key] = ingest(target, ct.data_set).seconds
                 console.log(f"  storescu → {IMAGING_CLOUD}: {ct.label} in {seconds[ct.key]:.1f} s")
-            connection = KeepAlive(server.base_url)
+            connection = KeepAlive(server.base_url, server.token)
             study = connection.fetch_ok(VIEWER_STUDY.format(study=real.data_set.study_uid), "*/*")
             connection.close()
     except BaseException:
@@ -561,7 +575,8 @@ def load_orthanc(
     workdir: Path, data: Sequence[CtData], real: CtData, args: argparse.Namespace
 ) -> tuple[dict[str, str], dict[str, float], str]:
     seconds, ids = {}, {}
-    with RunningOrthanc(workdir, args.startup_timeout) as base_url:
+    with RunningOrthanc(workdir, args.startup_timeout) as node:
+        base_url = node.url
         connection = KeepAlive(base_url)
         system = json.loads(connection.fetch_ok("/system", "application/json").body)
         plugin = json.loads(connection.fetch_ok("/plugins/dicom-web", "application/json").body)
@@ -649,10 +664,10 @@ def _fetch_all(
 
 
 def _frames_per_second(
-    base_url: str, endpoint: Endpoint, paths: list[str], clients: int, repeats: int
+    node: Node, endpoint: Endpoint, paths: list[str], clients: int, repeats: int
 ) -> tuple[list[float], tuple[int, int]]:
     """``repeats`` passes over all ``paths``, split between ``clients`` keep-alive clients."""
-    connections = [KeepAlive(base_url) for _ in range(clients)]
+    connections = [KeepAlive(node.url, node.token) for _ in range(clients)]
     for connection in connections:
         connection.connect()
     rates = []
@@ -690,8 +705,8 @@ def bench_endpoint(
     paths = [
         endpoint.path(study, series, sop, servers.orthanc_ids[sop]) for sop in servers.sop_order
     ]
-    with servers.start[endpoint.server]() as base_url:
-        connection = KeepAlive(base_url)
+    with servers.start[endpoint.server]() as node:
+        connection = KeepAlive(node.url, node.token)
         started = time.perf_counter()
         connection.fetch_ok(endpoint.open_path.format(study=study, series=series), "*/*")
         warm = connection.fetch(paths[0], endpoint.accept)
@@ -709,8 +724,8 @@ def bench_endpoint(
             windows.add(reply.headers.get("x-window", "-"))
         first_connects = connection.connects, connection.retries
         connection.close()
-        fps_one, one_connects = _frames_per_second(base_url, endpoint, paths, 1, args.repeats)
-        fps_two, two_connects = _frames_per_second(base_url, endpoint, paths, 2, args.repeats)
+        fps_one, one_connects = _frames_per_second(node, endpoint, paths, 1, args.repeats)
+        fps_two, two_connects = _frames_per_second(node, endpoint, paths, 2, args.repeats)
     result = EndpointResult(
         server=endpoint.server,
         key=endpoint.key,
@@ -773,8 +788,8 @@ def _timed_mpr(connection: KeepAlive, path: str, plane: str) -> float:
 
 def bench_mpr_http(servers: Servers, ct: CtData, args: argparse.Namespace) -> MprHttp:
     study, series = ct.data_set.study_uid, ct.data_set.series_uid
-    with servers.start[IMAGING_CLOUD]() as base_url:
-        connection = KeepAlive(base_url)
+    with servers.start[IMAGING_CLOUD]() as node:
+        connection = KeepAlive(node.url, node.token)
         opened, _ = timed(lambda: connection.fetch_ok(VIEWER_STUDY.format(study=study), "*/*"))
         cold_path = _mpr_path(study, series, plane="axial", window=WINDOW_PARAM)
         cold, reply = timed(lambda: connection.fetch(cold_path, JPEG))

@@ -12,13 +12,29 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from cloud.errors import ArchiveError, InstanceNotFoundError
 from cloud.identity import UserRef, effective_permissions, roles
 from cloud.models import Patient, PatientGrant, ShareLink, ShareLinkStudy, Study
-from cloud.scope import StudyScope, active_grants
+from cloud.scope import StudyScope
+
+_OWNER = (
+    select(Study.hospital_pk, Study.department, Patient.patient_id)
+    .join(Patient, Study.patient_pk == Patient.pk)
+    .where(Study.study_instance_uid == bindparam("uid"))
+)
+_GRANT = (
+    select(PatientGrant.pk)
+    .where(
+        PatientGrant.patient_id == bindparam("patient_id"),
+        PatientGrant.hospital_pk == bindparam("hospital_pk"),
+        PatientGrant.revoked_at.is_(None),
+        PatientGrant.expires_at > bindparam("now"),
+    )
+    .limit(1)
+)
 
 
 class AccessDeniedError(ArchiveError):
@@ -154,17 +170,17 @@ class AccessPolicy:
 
     def has_grant(self, patient_id: str, hospital_pk: int) -> bool:
         """Whether the patient's active grant lets this hospital see their other studies."""
-        with self._sessions() as session:
-            query = active_grants(hospital_pk).where(PatientGrant.patient_id == patient_id)
-            return session.execute(query.limit(1)).first() is not None
+        values = {"patient_id": patient_id, "hospital_pk": hospital_pk, "now": datetime.now(UTC)}
+        with self._connect() as connection:
+            return connection.execute(_GRANT, values).first() is not None
+
+    def _connect(self) -> Any:
+        return self._sessions.kw["bind"].connect()
 
     def study_owner(self, study_instance_uid: str) -> StudyOwner | None:
-        with self._sessions() as session:
-            row = session.execute(
-                select(Study.hospital_pk, Study.department, Patient.patient_id)
-                .join(Patient, Study.patient_pk == Patient.pk)
-                .where(Study.study_instance_uid == study_instance_uid)
-            ).first()
+        # Every image request asks this: a prebuilt statement on a plain connection.
+        with self._connect() as connection:
+            row = connection.execute(_OWNER, {"uid": study_instance_uid}).first()
         if row is None:
             return None
         return StudyOwner(study_instance_uid, row[0], row[1], row[2])

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, bindparam, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -43,6 +43,28 @@ class StoredInstance:
     number_of_frames: int | None
     blob_key: str
     size_bytes: int
+
+
+_LOCATE_STUDY = (
+    select(
+        Instance.pk,
+        Study.study_instance_uid,
+        Series.series_instance_uid,
+        Instance.sop_instance_uid,
+        Instance.sop_class_uid,
+        Instance.transfer_syntax_uid,
+        Instance.number_of_frames,
+        Instance.blob_key,
+        Instance.size_bytes,
+    )
+    .join(Series, Instance.series_pk == Series.pk)
+    .join(Study, Series.study_pk == Study.pk)
+    .where(Study.study_instance_uid == bindparam("study"))
+    .order_by(Series.series_number, Series.pk, Instance.instance_number, Instance.pk)
+)
+_LOCATE_SERIES = _LOCATE_STUDY.where(Series.series_instance_uid == bindparam("series"))
+_LOCATE_INSTANCE = _LOCATE_SERIES.where(Instance.sop_instance_uid == bindparam("sop"))
+_LOCATE_SOP = _LOCATE_STUDY.where(Instance.sop_instance_uid == bindparam("sop"))
 
 
 class Archive:
@@ -125,29 +147,16 @@ class Archive:
         sop_instance_uid: str | None = None,
     ) -> list[StoredInstance]:
         """The stored instances of a study, series or single instance, in series order."""
-        statement = (
-            select(
-                Instance.pk,
-                Study.study_instance_uid,
-                Series.series_instance_uid,
-                Instance.sop_instance_uid,
-                Instance.sop_class_uid,
-                Instance.transfer_syntax_uid,
-                Instance.number_of_frames,
-                Instance.blob_key,
-                Instance.size_bytes,
-            )
-            .join(Series, Instance.series_pk == Series.pk)
-            .join(Study, Series.study_pk == Study.pk)
-            .where(Study.study_instance_uid == study_instance_uid)
-            .order_by(Series.series_number, Series.pk, Instance.instance_number, Instance.pk)
-        )
+        # Every image request locates its instance: prebuilt statements, a plain connection.
+        values = {"study": study_instance_uid}
+        statement = _LOCATE_STUDY
         if series_instance_uid is not None:
-            statement = statement.where(Series.series_instance_uid == series_instance_uid)
+            values["series"], statement = series_instance_uid, _LOCATE_SERIES
         if sop_instance_uid is not None:
-            statement = statement.where(Instance.sop_instance_uid == sop_instance_uid)
-        with self._sessions() as session:
-            found = [StoredInstance(*row) for row in session.execute(statement)]
+            values["sop"] = sop_instance_uid
+            statement = _LOCATE_INSTANCE if series_instance_uid is not None else _LOCATE_SOP
+        with self.engine.connect() as connection:
+            found = [StoredInstance(*row) for row in connection.execute(statement, values)]
         if not found:
             raise InstanceNotFoundError(
                 _describe(study_instance_uid, series_instance_uid, sop_instance_uid)

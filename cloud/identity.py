@@ -21,7 +21,7 @@ from typing import Any
 import jwt
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -178,9 +178,31 @@ def check_department(session: Session, hospital_pk: int | None, department: str)
     return code
 
 
+_USER_BY_NAME = (
+    select(
+        User.pk,
+        User.username,
+        User.role,
+        Hospital.hospital_id,
+        User.department,
+        User.status,
+        User.hospital_pk,
+        User.full_name,
+        User.permissions_granted,
+        User.permissions_revoked,
+    )
+    .outerjoin(Hospital, User.hospital_pk == Hospital.pk)
+    .where(User.username == bindparam("username"))
+)
+
+
 class UserDirectory:
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self._sessions = sessions
+
+    def _connect(self) -> Any:
+        """A plain connection (no ORM session) for the hot read path."""
+        return self._sessions.kw["bind"].connect()
 
     def create_user(
         self,
@@ -235,27 +257,11 @@ class UserDirectory:
         return found
 
     def by_username(self, username: str) -> UserRef | None:
-        with self._sessions() as session:
-            row = session.execute(
-                select(User, Hospital.hospital_id)
-                .outerjoin(Hospital, User.hospital_pk == Hospital.pk)
-                .where(User.username == username)
-            ).first()
-            if row is None:
-                return None
-            user, hospital_id = row
-            return UserRef(
-                user.pk,
-                user.username,
-                user.role,
-                hospital_id,
-                user.department,
-                user.status,
-                user.hospital_pk,
-                user.full_name,
-                user.permissions_granted,
-                user.permissions_revoked,
-            )
+        # This runs on every request of a signed-in user: one prepared statement on a plain
+        # connection, no ORM session.
+        with self._connect() as connection:
+            row = connection.execute(_USER_BY_NAME, {"username": username}).first()
+        return None if row is None else UserRef(*row)
 
     def by_oidc_subject(self, subject: str) -> UserRef | None:
         """The user linked to this OpenID Connect subject (``sub``), if any."""

@@ -69,7 +69,7 @@ class SubmissionLimiter:
             seen.append(now)
 
 
-def _limited(request: Request) -> None:
+async def _limited(request: Request) -> None:
     state = request.app.state
     if not hasattr(state, "registration_limiter"):
         state.registration_limiter = SubmissionLimiter()

@@ -39,7 +39,7 @@ def optional_hospital(request: Request, archive: ArchiveDep) -> HospitalRef | No
     return hospital
 
 
-def required_hospital(
+async def required_hospital(
     hospital: Annotated[HospitalRef | None, Depends(optional_hospital)],
 ) -> HospitalRef:
     if hospital is None:

@@ -243,7 +243,7 @@ class OidcLogin:
         self.pending = PendingLogins(config.login_seconds)
 
 
-def _oidc(request: Request) -> OidcLogin:
+async def _oidc(request: Request) -> OidcLogin:
     login: OidcLogin = request.app.state.oidc
     return login
 

@@ -74,7 +74,7 @@ def install(
     )
 
 
-def _services(request: Request) -> PatientServices:
+async def _services(request: Request) -> PatientServices:
     services: PatientServices = request.app.state.patient_services
     return services
 
@@ -82,7 +82,7 @@ def _services(request: Request) -> PatientServices:
 ServicesDep = Annotated[PatientServices, Depends(_services)]
 
 
-def no_store(response: Response) -> None:
+async def no_store(response: Response) -> None:
     """Answers carrying tokens, capability URLs or health data are never cached."""
     response.headers["Cache-Control"] = "no-store"
 

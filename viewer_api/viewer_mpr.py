@@ -239,7 +239,7 @@ async def _mpr(
     return Response(body, media_type=media_type, headers=headers)
 
 
-def mpr_query(
+async def mpr_query(
     plane: str | None = None,
     position: float | None = None,
     mode: str = "thin",

@@ -23,7 +23,7 @@ MPR_MODALITIES = ("CT", "MR", "PT")
 _READERS = 8  # blob reads and decoding of one series in parallel
 
 
-def get_volumes(request: Request) -> Volumes:
+async def get_volumes(request: Request) -> Volumes:
     volumes: Volumes = request.app.state.volumes
     return volumes
 

@@ -195,6 +195,9 @@ def test_study_actions(world: World, principal: str, action: str, where: str) ->
     allowed = action in ALLOWED[principal] and where in SCOPE[principal]
     if allowed:
         assert response.status_code == 200, response.text
+        # a patient's or a share link's phone keeps nothing; staff browsers may cache images
+        no_store = response.headers.get("cache-control") == "no-store"
+        assert no_store == (principal in ("patient", "share_link")), response.headers
     else:
         assert response.status_code == 403, response.text
         assert response.headers["content-type"] == PROBLEM
