@@ -2,9 +2,7 @@
 
 A doctor's workstation at hospital B asks (`GrantRequests.create`) and shows the answer's URL
 as a QR code; the patient scans it, signs in and approves or declines. The request's code is
-a capability: only its SHA-256 is stored, it works once and expires after 15 minutes. The
-grant's length travels inside the code (``<random>.<hours>``) because the request table has no
-column for it; the hash covers the whole code, so it cannot be changed on the way.
+a capability: only its SHA-256 is stored, it works once and expires after 15 minutes.
 A patient can also grant a hospital directly from their page. `AccessPolicy` reads grants on
 every request, so a revocation or an expiry takes effect at once.
 """
@@ -40,11 +38,6 @@ def code_hash(code: str) -> str:
     return hashlib.sha256(code.encode()).hexdigest()
 
 
-def _hours_of(code: str) -> int:
-    _, _, hours = code.rpartition(".")
-    return int(hours) if hours.isdigit() else DEFAULT_HOURS
-
-
 def check_hours(hours: int) -> int:
     if not MIN_HOURS <= hours <= MAX_HOURS:
         raise InvalidQueryError(f"valid_hours must be {MIN_HOURS}..{MAX_HOURS}, got {hours}")
@@ -59,7 +52,7 @@ class RequestView:
     hospital_name: str
     requested_by: str
     visit: str
-    valid_hours: int | None  # known only to whoever holds the code
+    valid_hours: int
     state: str  # pending | approved | declined | expired
     expires_at: datetime
     grant_expires_at: datetime | None
@@ -119,7 +112,7 @@ class Grants:
         self, patient_id: str, hospital_pk: int, requested_by: str, visit: str, hours: int
     ) -> tuple[str, RequestView]:
         """A new request; returns its code (shown once, as a QR) and its state."""
-        code = f"{secrets.token_urlsafe(24)}.{check_hours(hours)}"
+        code = secrets.token_urlsafe(24)
         now = self._clock()
         row = GrantRequest(
             code_sha256=code_hash(code),
@@ -127,6 +120,7 @@ class Grants:
             hospital_pk=hospital_pk,
             requested_by=requested_by,
             visit=visit[:64],
+            valid_hours=check_hours(hours),
             created_at=now,
             expires_at=now + timedelta(seconds=REQUEST_SECONDS),
             state="pending",
@@ -134,7 +128,7 @@ class Grants:
         with self._sessions() as session:
             session.add(row)
             session.commit()
-            return code, self._request_view(session, row, hours)
+            return code, self._request_view(session, row)
 
     def request_state(self, pk: int, hospital_pk: int) -> RequestView:
         """The request as its hospital's workstation polls it."""
@@ -142,7 +136,7 @@ class Grants:
             row = session.get(GrantRequest, pk)
             if row is None or row.hospital_pk != hospital_pk:
                 raise InstanceNotFoundError(f"your hospital has no grant request {pk}")
-            return self._request_view(session, row, None)
+            return self._request_view(session, row)
 
     def is_pending(self, code: str) -> bool:
         """Whether ``code`` names a request still waiting for the patient (for its QR)."""
@@ -160,7 +154,7 @@ class Grants:
         """What the scanned code asks, for the patient it names."""
         with self._sessions() as session:
             row = self._own(session, code, patient_id)
-            return self._request_view(session, row, _hours_of(code))
+            return self._request_view(session, row)
 
     def answer(self, code: str, patient_id: str, approve: bool) -> RequestView:
         """Approve (a grant for the hospital, method "qr") or decline; works once."""
@@ -181,7 +175,7 @@ class Grants:
             if taken.rowcount != 1:  # type: ignore[attr-defined]
                 raise GoneError("this request was already answered 此授权请求已处理")
             if approve:
-                grant = self._new_grant(row.patient_id, row.hospital_pk, _hours_of(code), "qr")
+                grant = self._new_grant(row.patient_id, row.hospital_pk, row.valid_hours, "qr")
                 grant.visit = row.visit
                 session.add(grant)
                 session.flush()
@@ -190,7 +184,7 @@ class Grants:
                 )
             session.commit()
             session.refresh(row)
-            return self._request_view(session, row, _hours_of(code))
+            return self._request_view(session, row)
 
     def _own(self, session: Session, code: str, patient_id: str) -> GrantRequest:
         row = session.scalar(
@@ -277,7 +271,7 @@ class Grants:
             )
         return views
 
-    def _request_view(self, session: Session, row: GrantRequest, hours: int | None) -> RequestView:
+    def _request_view(self, session: Session, row: GrantRequest) -> RequestView:
         hospital = session.get(Hospital, row.hospital_pk)
         assert hospital is not None
         state = row.state
@@ -294,7 +288,7 @@ class Grants:
             hospital.name,
             row.requested_by,
             row.visit,
-            hours,
+            row.valid_hours,
             state,
             aware(row.expires_at),
             grant_expires,

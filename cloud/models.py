@@ -351,6 +351,7 @@ class GrantRequest(Base):
     hospital_pk: Mapped[int] = mapped_column(ForeignKey("hospitals.pk"), index=True)
     requested_by: Mapped[str] = mapped_column(String(64))
     visit: Mapped[str] = mapped_column(String(64), default="")
+    valid_hours: Mapped[int] = mapped_column(Integer, default=24)  # how long the grant lasts
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     state: Mapped[str] = mapped_column(String(16), default="pending")  # approved | declined
