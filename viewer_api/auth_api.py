@@ -1,4 +1,5 @@
-"""Sign-in: ``POST /api/auth/token`` (form username, password) and ``GET /api/auth/me``.
+"""Sign-in: ``POST /api/auth/token`` (form username, password), ``GET /api/auth/me`` and
+``GET /api/auth/methods`` (public: which sign-in methods the pages may offer).
 
 Tokens are used as ``Authorization: Bearer …`` on every route; `viewer_api.access_deps`
 checks them against the role matrix (`config/roles.toml`).
@@ -18,6 +19,8 @@ from viewer_api.deps import ArchiveDep
 from viewer_api.rate_limit import FailureLimiter
 
 router = APIRouter(prefix="/api/auth", tags=["auth"])
+
+OIDC_LOGIN = "/api/auth/oidc/login"
 
 
 @dataclass(frozen=True)
@@ -59,3 +62,11 @@ async def issue_token(
 @router.get("/me")
 async def me(who: PrincipalDep) -> dict[str, Any]:
     return who.as_dict()
+
+
+@router.get("/methods")
+async def methods(request: Request) -> dict[str, Any]:
+    """How staff can sign in here (no token needed): the pages offer the hospital's single
+    sign-on link only when an OpenID provider is configured."""
+    oidc = getattr(request.app.state, "oidc", None) is not None
+    return {"password": True, "oidc": oidc, "oidc_login": OIDC_LOGIN if oidc else None}

@@ -1,4 +1,6 @@
-"""The web viewer's pages: ``GET /viewer/`` and its static files under ``/viewer/static/``.
+"""The web viewer's pages: ``GET /viewer/``, the workstation's authorisation page
+``GET /viewer/authorise.html`` (also ``/viewer/authorise``), and their static files under
+``/viewer/static/``.
 
 The files are plain HTML/CSS/ES modules shipped in ``viewer_api/static/viewer/`` (no build
 step, no CDN). Only the files found there when the module is imported can be served: a request
@@ -76,18 +78,29 @@ def viewer_redirect(request: Request) -> RedirectResponse:
     return RedirectResponse("/viewer/" + (f"?{query}" if query else ""), status_code=308)
 
 
+def _page(name: str) -> Response:
+    page = _FILES.get(name)
+    if page is None:
+        raise _not_found(name)
+    return Response(page.body, media_type=page.media_type, headers=PAGE_HEADERS)
+
+
 @router.get("/viewer/")
 def viewer_page() -> Response:
-    page = _FILES.get("index.html")
-    if page is None:
-        raise _not_found("index.html")
-    return Response(page.body, media_type=page.media_type, headers=PAGE_HEADERS)
+    return _page("index.html")
+
+
+@router.get("/viewer/authorise.html")
+@router.get("/viewer/authorise")
+def authorise_page() -> Response:
+    """A hospital workstation asks a patient for access (QR code) and waits for the answer."""
+    return _page("authorise.html")
 
 
 @router.get("/viewer/static/{name}")
 def viewer_static(name: str, request: Request) -> Response:
     found = _FILES.get(name) if _NAME.match(name) else None
-    if found is None or name == "index.html":
+    if found is None or name.endswith(".html"):  # pages have their own routes and headers
         raise _not_found(name)
     headers = {
         "ETag": found.etag,

@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -31,14 +32,18 @@ PASSWORD = "correct horse battery staple"
 
 
 @contextmanager
-def running_node(data_dir: Path, database_url: str = "") -> Iterator[Node]:
-    """A node serving DICOM and HTTP until the block ends."""
+def running_node(data_dir: Path, database_url: str = "", **more: Any) -> Iterator[Node]:
+    """A node serving DICOM and HTTP until the block ends; ``more`` are further settings
+    (e.g. ``oidc_issuer=…``)."""
     http_port, dicom_port = free_ports(2)
+    if more.get("oidc_issuer"):  # the provider sends the browser back to this node
+        more.setdefault("oidc_redirect_base", f"http://127.0.0.1:{http_port}")
     settings = load_settings(
         data_dir=data_dir,
         http_port=http_port,
         dicom_port=dicom_port,
         database_url=database_url,
+        **more,
     )
     node = Node(settings)
     node.archive.users.create_user(ADMIN, PASSWORD, "platform_admin")

@@ -56,6 +56,35 @@ export async function signIn(username, password) {
   return body.user;
 }
 
+let methods = null;
+
+/** How staff may sign in here (GET /api/auth/methods, public); password only when unknown. */
+export function signInMethods() {
+  if (!methods) {
+    methods = fetch("/api/auth/methods", { headers: { Accept: "application/json" } })
+      .then((response) => (response.ok ? response.json() : Promise.reject(response.status)))
+      .catch(() => {
+        methods = null; // ask again next time
+        return { password: true, oidc: false, oidc_login: null };
+      });
+  }
+  return methods;
+}
+
+/** Show ``link`` (an <a hidden>) as the hospital's single sign-on when one is configured. The
+ * provider sends the browser back to this page with #token=, which takeToken reads. */
+export async function offerSingleSignOn(link) {
+  const found = await signInMethods();
+  link.dataset.methods = found.oidc && found.oidc_login ? "password oidc" : "password";
+  if (!found.oidc || !found.oidc_login) {
+    link.hidden = true;
+    return;
+  }
+  const next = location.pathname + location.search;
+  link.href = `${found.oidc_login}?next=${encodeURIComponent(next)}`;
+  link.hidden = false;
+}
+
 function headers(extra) {
   const result = { ...(extra || {}) };
   if (token) result.Authorization = "Bearer " + token;

@@ -2,8 +2,8 @@
 // lists its series, shows them in 1×1 / 2×1 / 2×2 layouts or as MPR, wires the toolbar.
 
 import {
-  API, ApiError, frameUrl, getJSON, images, metadataUrl, setToken, signIn, stats, studyUrl,
-  takeToken,
+  API, ApiError, frameUrl, getJSON, images, metadataUrl, offerSingleSignOn, setToken, signIn,
+  stats, studyUrl, takeToken,
 } from "./api.js";
 import * as G from "./geometry.js";
 import { FusionControl } from "./fusion.js";
@@ -124,6 +124,7 @@ function askToSignIn(err) {
   const message = form.querySelector(".sign-in-error");
   message.textContent = err && err.detail && !/sign in first/.test(err.detail) ? err.detail : "";
   form.hidden = false;
+  offerSingleSignOn($("#sso"));
   form.querySelector("input[name=username]").focus();
   form.onsubmit = async (event) => {
     event.preventDefault();
