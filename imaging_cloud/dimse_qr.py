@@ -18,6 +18,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from cloud.archive import Archive, StoredInstance
+from cloud.audit import AuditEntry
 from cloud.errors import ArchiveError, InstanceNotFoundError
 from cloud.hospitals import HospitalRef
 from cloud.query import ATTRIBUTES, Match, Query, QueryLevel, matchable
@@ -58,6 +59,7 @@ class ArchiveQueryRetrieve:
         query_level = LEVELS[level]
         filters, requested = _filters_and_keys(identifier, query_level)
         query = Query(query_level, filters, scope=StudyScope.of_hospital(hospital.pk), limit=_PAGE)
+        self._audit(hospital, calling_ae, "search", detail={"level": level, "keys": filters})
         return self._responses(query, requested, level)
 
     def retrieve(
@@ -73,6 +75,8 @@ class ArchiveQueryRetrieve:
             wanted[match.attributes["StudyInstanceUID"]].add(match.attributes["SOPInstanceUID"])
         items: list[RetrieveItem] = []
         for study_uid, sop_uids in wanted.items():
+            detail = {"level": level, "instances": len(sop_uids)}
+            self._audit(hospital, calling_ae, "download", study_uid, detail)
             items += [
                 _item(self._archive, s)
                 for s in self._located(study_uid)
@@ -87,6 +91,26 @@ class ArchiveQueryRetrieve:
         if hospital.dicom_port is None:
             return None
         return hospital.dicom_host, hospital.dicom_port
+
+    def _audit(
+        self,
+        hospital: HospitalRef,
+        calling_ae: str,
+        action: str,
+        study_uid: str = "",
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        """DIMSE reads are audited like HTTP ones; the actor is the hospital's gateway AE."""
+        self._archive.audit.append(
+            AuditEntry(
+                actor_kind="gateway",
+                actor=f"{calling_ae.strip()}@{hospital.hospital_id}",
+                action=action,
+                hospital_id=hospital.hospital_id,
+                study_instance_uid=study_uid,
+                detail={"protocol": "DIMSE", **(detail or {})},
+            )
+        )
 
     def _hospital(self, calling_ae: str) -> HospitalRef:
         hospital = self._archive.hospitals.by_ae_title(calling_ae) if calling_ae else None

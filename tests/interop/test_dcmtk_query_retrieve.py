@@ -18,7 +18,9 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from sqlalchemy import select
 
+from cloud.models import AuditEvent
 from imaging_cloud.node import Node
 from imaging_cloud.synthetic import PatientSpec, StudySpec, ct_series, to_part10
 from tests.support.servers import free_port, running_node
@@ -196,6 +198,17 @@ def test_getscu_retrieves_every_instance_unchanged(setup: Setup, tmp_path: Path)
     assert result.returncode == 0, result.stderr
     assert "Number of Completed Suboperations : 5" in result.stderr, result.stderr
     _assert_identical(_files_by_sop_uid(tmp_path), setup.stored)
+    # the read is in the audit log, with the gateway as the actor
+    with setup.node.archive.sessions() as session:
+        entries = session.scalars(
+            select(AuditEvent).where(
+                AuditEvent.action == "download",
+                AuditEvent.study_instance_uid == setup.study_h1.study_instance_uid,
+            )
+        ).all()
+    assert {(e.actor_kind, e.actor, e.hospital_id) for e in entries} == {
+        ("gateway", "H1GW@H1", "H1")
+    }  # and never another hospital's gateway
 
 
 def test_getscu_of_another_hospitals_study_gets_nothing(setup: Setup, tmp_path: Path) -> None:
