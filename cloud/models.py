@@ -17,6 +17,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -131,6 +132,9 @@ class Instance(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     source: Mapped[str] = mapped_column(String(128), default="")
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # "" = the blob holds the Part-10 bytes as received; "aes256gcm" = sealed with the study's
+    # data key (cloud.crypto). sha256 and size_bytes always describe the plaintext.
+    encryption: Mapped[str] = mapped_column(String(16), default="")
 
 
 class IngestConflict(Base):
@@ -397,3 +401,56 @@ class ShareLinkStudy(Base):
         ForeignKey("share_links.pk", ondelete="CASCADE"), primary_key=True
     )
     study_instance_uid: Mapped[str] = mapped_column(UID, primary_key=True)
+
+
+class StudyKey(Base):
+    """A study's data key, wrapped by a key-encryption key; destroying it shreds the study."""
+
+    __tablename__ = "study_keys"
+
+    study_instance_uid: Mapped[str] = mapped_column(UID, primary_key=True)
+    kek_id: Mapped[str] = mapped_column(String(64), index=True)
+    wrapped_key: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    rewrapped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    destroyed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class StudyLifecycle(Base):
+    """Classification and retention of a study (Xuzhou: 4 categories x 5 levels)."""
+
+    __tablename__ = "study_lifecycle"
+
+    study_pk: Mapped[int] = mapped_column(
+        ForeignKey("studies.pk", ondelete="CASCADE"), primary_key=True
+    )
+    category: Mapped[str] = mapped_column(String(32))
+    level: Mapped[int] = mapped_column(Integer)
+    retention_class: Mapped[str] = mapped_column(String(32))
+    retain_until: Mapped[str] = mapped_column(String(8), index=True)  # YYYYMMDD
+    legal_hold: Mapped[bool] = mapped_column(Boolean, default=False)
+    hold_reason: Mapped[str] = mapped_column(Text, default="")
+    extended_by: Mapped[str] = mapped_column(String(64), default="")  # approval of an extension
+    classified_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    classified_by: Mapped[str] = mapped_column(String(64), default="")
+
+
+class DestructionRecord(Base):
+    """Proof that a study was destroyed under the policy; hash-chained like the audit log."""
+
+    __tablename__ = "destruction_records"
+
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    study_instance_uid: Mapped[str] = mapped_column(UID, index=True)
+    patient_id_sha256: Mapped[str] = mapped_column(String(64))
+    retention_class: Mapped[str] = mapped_column(String(32))
+    retain_until: Mapped[str] = mapped_column(String(8))
+    instances: Mapped[int] = mapped_column(Integer)
+    bytes_destroyed: Mapped[int] = mapped_column(BigInteger)
+    blob_keys_sha256: Mapped[str] = mapped_column(String(64))  # digest of the sorted blob keys
+    blob_keys: Mapped[str] = mapped_column(Text)  # JSON list, so verify can check they are gone
+    key_destroyed: Mapped[bool] = mapped_column(Boolean)
+    approved_by: Mapped[str] = mapped_column(String(64))
+    destroyed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    entry_hash: Mapped[str] = mapped_column(String(64))
