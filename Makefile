@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck unit bench clean
+.PHONY: install demo test lint typecheck unit bench bench-scale clean
 
 install: $(STAMP)
 
@@ -35,6 +35,11 @@ bench: install
 	$(BIN)/python bench/gateway.py
 	$(BIN)/python bench/viewer.py
 	$(BIN)/python bench/access.py
+
+# Long (a 1 M-instance PostgreSQL index; bench/README.md): not part of `make bench`.
+# SCALE_ARGS passes options, e.g. SCALE_ARGS='--studies 10000 --keep-schema'.
+bench-scale: install
+	$(BIN)/python bench/scale.py $(SCALE_ARGS)
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

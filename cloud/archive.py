@@ -18,14 +18,16 @@ from cloud import metadata
 from cloud.access import AccessPolicy
 from cloud.audit import AuditLog
 from cloud.blobstore import BlobStore, open_blob_store
+from cloud.crypto import AES256GCM, KeyEncryptionKeys, NoKeks, SealedBlobError, open_keks, unseal
 from cloud.database import create_index_engine, migrate, session_factory, sqlite_url
 from cloud.deletion import DeletedStudy, delete_study
 from cloud.errors import BackendUnavailableError, InstanceNotFoundError
 from cloud.hospitals import HospitalRegistry
 from cloud.identity import UserDirectory
-from cloud.ingest import Ingestor, StoreOutcome
-from cloud.models import Instance, InstanceMetadata, Series, Study
+from cloud.ingest import Ingestor, StoreOutcome, is_sealed_key
+from cloud.models import IngestConflict, Instance, InstanceMetadata, Series, Study
 from cloud.query import Match, Query, search
+from cloud.study_keys import StudyKeys
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +44,8 @@ class StoredInstance:
     transfer_syntax_uid: str
     number_of_frames: int | None
     blob_key: str
-    size_bytes: int
+    size_bytes: int  # of the plaintext Part-10 bytes, like the index's sha256
+    encryption: str = ""  # "" (stored as received) or "aes256gcm" (sealed, cloud.crypto)
 
 
 _LOCATE_STUDY = (
@@ -56,6 +59,7 @@ _LOCATE_STUDY = (
         Instance.number_of_frames,
         Instance.blob_key,
         Instance.size_bytes,
+        Instance.encryption,
     )
     .join(Series, Instance.series_pk == Series.pk)
     .join(Study, Series.study_pk == Study.pk)
@@ -67,27 +71,67 @@ _LOCATE_INSTANCE = _LOCATE_SERIES.where(Instance.sop_instance_uid == bindparam("
 _LOCATE_SOP = _LOCATE_STUDY.where(Instance.sop_instance_uid == bindparam("sop"))
 
 
-class Archive:
-    """Facade over the index and the blob store; safe to share between threads."""
+_LOCATE_PK = (
+    select(
+        Instance.blob_key, Instance.encryption, Instance.sop_instance_uid, Study.study_instance_uid
+    )
+    .join(Series, Instance.series_pk == Series.pk)
+    .join(Study, Series.study_pk == Study.pk)
+    .where(Instance.pk == bindparam("pk"))
+)
 
-    def __init__(self, engine: Engine, blobs: BlobStore) -> None:
+
+class Archive:
+    """Facade over the index and the blob store; safe to share between threads.
+
+    ``keks`` are the key-encryption keys of the study data keys (``archive.keys``); with
+    ``encrypt``, new objects are sealed at rest (`cloud.crypto`). Reads return the plaintext
+    whatever an object's encryption, so stores written with and without it mix.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        blobs: BlobStore,
+        keks: KeyEncryptionKeys | None = None,
+        *,
+        encrypt: bool = False,
+    ) -> None:
+        if encrypt and keks is None:
+            raise ValueError("encryption at rest needs key-encryption keys")
         self.engine = engine
         self.blobs = blobs
         self._sessions: sessionmaker[Session] = session_factory(engine)
-        self._ingestor = Ingestor(self._sessions, blobs)
+        self.keys = StudyKeys(self._sessions, keks or NoKeks())
+        self._ingestor = Ingestor(self._sessions, blobs, self.keys, encrypt=encrypt)
         self.hospitals = HospitalRegistry(self._sessions)
         self.users = UserDirectory(self._sessions)
         self.access = AccessPolicy(self._sessions)
         self.audit = AuditLog(self._sessions)
 
     @classmethod
-    def open(cls, data_dir: Path, database_url: str = "", blob_url: str = "") -> Archive:
-        """Open (and migrate) the archive; empty URLs mean the embedded default in ``data_dir``."""
+    def open(
+        cls,
+        data_dir: Path,
+        database_url: str = "",
+        blob_url: str = "",
+        *,
+        encryption: bool = True,
+        kek_url: str = "",
+    ) -> Archive:
+        """Open (and migrate) the archive; empty URLs mean the embedded default in ``data_dir``
+        (KEKs in ``<data_dir>/keys/kek``). ``encryption`` seals new objects."""
         data_dir.mkdir(parents=True, exist_ok=True)
         engine = create_index_engine(database_url or sqlite_url(data_dir))
         migrate(engine)
         blobs = open_blob_store(blob_url or f"file://{(data_dir / 'blobs').resolve()}")
-        return cls(engine, blobs)
+        keks = open_keks(kek_url or f"file://{(data_dir / 'keys' / 'kek').resolve()}")
+        return cls(engine, blobs, keks, encrypt=encryption)
+
+    @property
+    def encrypts(self) -> bool:
+        """Whether new objects are sealed at rest."""
+        return self._ingestor.encrypt
 
     @property
     def sessions(self) -> sessionmaker[Session]:
@@ -156,16 +200,55 @@ class Archive:
             values["sop"] = sop_instance_uid
             statement = _LOCATE_INSTANCE if series_instance_uid is not None else _LOCATE_SOP
         with self.engine.connect() as connection:
-            found = [StoredInstance(*row) for row in connection.execute(statement, values)]
+            rows = connection.execute(statement, values)
+            found = [StoredInstance(**row._mapping) for row in rows]
         if not found:
             raise InstanceNotFoundError(
                 _describe(study_instance_uid, series_instance_uid, sop_instance_uid)
             )
+        # A destroyed study is refused here, before a response starts streaming (HTTP 410).
+        # For sealed ones this also fetches the data key every read will need (then cached).
+        if any(stored.encryption for stored in found):
+            self.keys.data_key(study_instance_uid)
+        else:
+            self.keys.check_not_destroyed(study_instance_uid)
         return found
 
     def read(self, stored: StoredInstance) -> bytes:
-        """The original Part-10 bytes, exactly as received."""
-        return self.blobs.get(stored.blob_key)
+        """The original Part-10 bytes, exactly as received (opened if sealed at rest)."""
+        return self._plaintext(
+            self.blobs.get(stored.blob_key),
+            stored.encryption,
+            stored.study_instance_uid,
+            stored.sop_instance_uid,
+        )
+
+    def read_conflict(self, conflict_pk: int) -> bytes:
+        """The object kept by an ingest conflict (`IngestConflict`), for review."""
+        with self._sessions() as session:
+            conflict = session.get(IngestConflict, conflict_pk)
+            if conflict is None:
+                raise InstanceNotFoundError(f"ingest conflict {conflict_pk} does not exist")
+            key, sop_uid = conflict.received_blob_key, conflict.sop_instance_uid
+            study_uid = session.scalar(
+                select(Study.study_instance_uid)
+                .join(Series, Series.study_pk == Study.pk)
+                .join(Instance, Instance.series_pk == Series.pk)
+                .where(Instance.sop_instance_uid == sop_uid)
+            )
+        encryption = AES256GCM if is_sealed_key(key) else ""
+        if encryption and study_uid is None:
+            raise InstanceNotFoundError(
+                f"the instance conflict {conflict_pk} was about is gone, and its study key with it"
+            )
+        return self._plaintext(self.blobs.get(key), encryption, study_uid or "", sop_uid)
+
+    def _plaintext(self, blob: bytes, encryption: str, study_uid: str, sop_uid: str) -> bytes:
+        if not encryption:
+            return blob
+        if encryption != AES256GCM:
+            raise SealedBlobError(f"instance {sop_uid} uses unknown encryption {encryption!r}")
+        return unseal(self.keys.data_key(study_uid), blob, sop_uid)
 
     def read_dataset(self, stored: StoredInstance) -> Dataset:
         """The stored object parsed (pixel data included); pydicom's value warnings silenced,
@@ -176,25 +259,28 @@ class Archive:
 
     def metadata_json(self, stored: StoredInstance) -> str:
         """Cached DICOM JSON of one instance (bulk data as placeholder URIs)."""
-        return self._metadata_by_pk(stored.pk, stored.blob_key)
+        return self._metadata_by_pk(stored.pk, stored)
 
     def metadata_json_by_pk(self, instance_pk: int) -> str:
         """Cached DICOM JSON of the instance with this index key."""
         return self._metadata_by_pk(instance_pk, None)
 
-    def _metadata_by_pk(self, instance_pk: int, blob_key: str | None) -> str:
-        # One session for the common case, a cache hit; the blob key is looked up only on a miss.
+    def _metadata_by_pk(self, instance_pk: int, stored: StoredInstance | None) -> str:
+        # One session for the common case, a cache hit; the blob is looked up only on a miss.
         with self._sessions() as session:
             cached = session.get(InstanceMetadata, instance_pk)
             if cached is not None:
                 return cached.dicom_json
-            if blob_key is None:
-                blob_key = session.scalar(
-                    select(Instance.blob_key).where(Instance.pk == instance_pk)
-                )
-        if blob_key is None:
-            raise InstanceNotFoundError(f"instance {instance_pk} is gone")
-        text = metadata.metadata_json(self.blobs.get(blob_key))
+            if stored is None:
+                found = session.execute(_LOCATE_PK, {"pk": instance_pk}).first()
+                if found is None:
+                    raise InstanceNotFoundError(f"instance {instance_pk} is gone")
+                blob_key, encryption, sop_uid, study_uid = found
+            else:
+                blob_key, encryption = stored.blob_key, stored.encryption
+                sop_uid, study_uid = stored.sop_instance_uid, stored.study_instance_uid
+        data = self._plaintext(self.blobs.get(blob_key), encryption, study_uid, sop_uid)
+        text = metadata.metadata_json(data)
         try:
             with self._sessions() as session:
                 session.merge(InstanceMetadata(instance_pk=instance_pk, dicom_json=text))

@@ -3,6 +3,9 @@
 Order matters for the archive's promise: the original bytes are fsync'd to the blob store
 before the index row is committed, and success is reported only after both. A crash in
 between leaves an unindexed blob (harmless, found by a scrub), never an index row without bytes.
+
+With encryption on, the bytes are sealed with the study's data key (`cloud.crypto`) before
+they reach the blob store; the index's sha256 and size_bytes still describe the plaintext.
 """
 
 from __future__ import annotations
@@ -21,9 +24,11 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from cloud.blobstore import BlobStore
+from cloud.crypto import AES256GCM, seal
 from cloud.dataset import ParsedInstance, parse_part10, with_part10_header
 from cloud.errors import BackendUnavailableError, DuplicateInstanceError, SOPClassMismatchError
 from cloud.models import IngestConflict, Instance, Patient, Series, Study
+from cloud.study_keys import StudyKeys
 
 logger = logging.getLogger(__name__)
 
@@ -39,9 +44,40 @@ class StoreOutcome:
     already_stored: bool
 
 
-def blob_key_for(sha256: str) -> str:
-    """Content-addressed key: a client can never choose or collide with a path."""
-    return f"objects/{sha256[:2]}/{sha256[2:4]}/{sha256}.dcm"
+SEALED_SUFFIX = ".ice"
+
+
+def blob_key_for(sha256: str, *, sealed: bool = False) -> str:
+    """Content-addressed key: a client can never choose or collide with a path.
+
+    Addressed by the plaintext's SHA-256 either way; a sealed blob has its own suffix, so an
+    object re-sent after encryption was switched on never overwrites the plain blob an older
+    index row points to (nor the other way round).
+    """
+    suffix = SEALED_SUFFIX if sealed else ".dcm"
+    return f"objects/{sha256[:2]}/{sha256[2:4]}/{sha256}{suffix}"
+
+
+def is_sealed_key(blob_key: str) -> bool:
+    return blob_key.endswith(SEALED_SUFFIX)
+
+
+@dataclass(frozen=True)
+class _Row:
+    """What ingest itself contributes to an instance row (the rest comes from the object)."""
+
+    blob_key: str
+    size_bytes: int
+    sha256: str
+    source: str
+    encryption: str
+
+
+@dataclass(frozen=True)
+class _Known:
+    sha256: str
+    blob_key: str
+    study_instance_uid: str
 
 
 class _PkCache:
@@ -71,11 +107,22 @@ class _PkCache:
 
 
 class Ingestor:
-    """Stores Part-10 objects into a blob store and the index."""
+    """Stores Part-10 objects into a blob store and the index, sealed when ``encrypt``."""
 
-    def __init__(self, sessions: sessionmaker[Session], blobs: BlobStore) -> None:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        blobs: BlobStore,
+        keys: StudyKeys | None = None,
+        *,
+        encrypt: bool = False,
+    ) -> None:
+        if encrypt and keys is None:
+            raise ValueError("encryption needs the study keys")
         self._sessions = sessions
         self._blobs = blobs
+        self._keys = keys
+        self.encrypt = encrypt
         self._pks = _PkCache()
 
     def forget_cached_keys(self) -> None:
@@ -121,12 +168,23 @@ class Ingestor:
         source: str,
         hospital_pk: int | None,
     ) -> StoreOutcome:
-        key = blob_key_for(sha256)
+        study_uid, sop_uid = parsed.study_instance_uid, parsed.sop_instance_uid
+        encryption = AES256GCM if self.encrypt else ""
+        key = blob_key_for(sha256, sealed=self.encrypt)
         # Write first, ask later: the key is content-addressed, so writing bytes that turn out
         # to be a duplicate or a conflict harms nothing, and the common case saves a query.
-        self._blobs.put(key, data)
+        if self._keys is not None and self.encrypt:
+            # Made (and committed) before the blob: a crash leaves a key without objects.
+            # A destroyed study's key refuses, so a destroyed study is never re-created.
+            blob = seal(self._keys.data_key(study_uid, create=True), data, sop_uid)
+        else:
+            if self._keys is not None:
+                self._keys.check_not_destroyed(study_uid)
+            blob = data
+        self._blobs.put(key, blob)
+        row = _Row(key, len(data), sha256, source, encryption)
         with self._sessions() as session:
-            new_keys = self._insert(session, parsed, key, len(data), sha256, source, hospital_pk)
+            new_keys = self._insert(session, parsed, row, hospital_pk)
             if new_keys is not None:
                 session.commit()
                 # cached only once committed, so a rollback never leaves a stale key behind
@@ -134,30 +192,41 @@ class Ingestor:
                     self._pks.put(kind, uid, pk)
                 return _outcome(parsed, already_stored=False)
             session.rollback()
-            known = self._known_sha(session, parsed.sop_instance_uid)
-            if known == sha256:
+            known = self._known(session, sop_uid)
+            if known is not None and known.sha256 == sha256:
+                if known.blob_key != key:
+                    # Stored before encryption was switched on or off: the blob just written
+                    # is referenced by nothing (only this UID's row could have this digest).
+                    self._blobs.delete(key)
                 return _outcome(parsed, already_stored=True)
-            self._record_conflict(session, parsed, str(known), sha256, key, source)
+            if known is not None and self.encrypt and known.study_instance_uid != study_uid:
+                self._reseal_conflict(data, key, known.study_instance_uid, sop_uid)
+            stored_sha = "None" if known is None else known.sha256
+            self._record_conflict(session, parsed, stored_sha, sha256, key, source)
         raise DuplicateInstanceError(
             f"UID already stored with other content; kept stored one. SOP Instance "
-            f"{parsed.sop_instance_uid}: stored sha256 {known}, received {sha256}"
+            f"{sop_uid}: stored sha256 {stored_sha}, received {sha256}"
         )
+
+    def _reseal_conflict(self, data: bytes, key: str, stored_study: str, sop_uid: str) -> None:
+        """A conflicting object that names another study is kept sealed with the key of the
+        stored instance's study, so `Archive.read_conflict` can open it from the index."""
+        if self._keys is None:
+            return
+        self._blobs.put(key, seal(self._keys.data_key(stored_study, create=True), data, sop_uid))
 
     @staticmethod
-    def _known_sha(session: Session, sop_instance_uid: str) -> str | None:
-        return session.scalar(
-            select(Instance.sha256).where(Instance.sop_instance_uid == sop_instance_uid)
-        )
+    def _known(session: Session, sop_instance_uid: str) -> _Known | None:
+        found = session.execute(
+            select(Instance.sha256, Instance.blob_key, Study.study_instance_uid)
+            .join(Series, Instance.series_pk == Series.pk)
+            .join(Study, Series.study_pk == Study.pk)
+            .where(Instance.sop_instance_uid == sop_instance_uid)
+        ).first()
+        return None if found is None else _Known(*found)
 
     def _insert(
-        self,
-        session: Session,
-        parsed: ParsedInstance,
-        key: str,
-        size: int,
-        sha256: str,
-        source: str,
-        hospital_pk: int | None,
+        self, session: Session, parsed: ParsedInstance, row: _Row, hospital_pk: int | None
     ) -> dict[tuple[str, str], int] | None:
         """Index rows for one object; the study/series keys to cache, or None if a duplicate."""
         now = datetime.now(UTC)
@@ -179,11 +248,12 @@ class Ingestor:
             {
                 "sop_instance_uid": parsed.sop_instance_uid,
                 "series_pk": series_pk,
-                "blob_key": key,
-                "size_bytes": size,
-                "sha256": sha256,
-                "source": source[:128],
+                "blob_key": row.blob_key,
+                "size_bytes": row.size_bytes,
+                "sha256": row.sha256,
+                "source": row.source[:128],
                 "received_at": now,
+                "encryption": row.encryption,
                 **parsed.instance,
             },
         )

@@ -20,6 +20,7 @@ from gateway.config import GatewayConfigError
 from imaging_cloud.access_cli import add_access_admin_commands
 from imaging_cloud.audit_cli import add_audit_commands
 from imaging_cloud.gateway_cli import add_gateway_commands
+from imaging_cloud.lifecycle_cli import add_lifecycle_commands
 from imaging_cloud.settings import Settings, load_settings
 
 
@@ -251,6 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _add_admin_commands(commands)
     add_audit_commands(commands)
     add_gateway_commands(commands)
+    add_lifecycle_commands(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"

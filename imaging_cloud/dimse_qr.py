@@ -19,6 +19,7 @@ from pydicom.multival import MultiValue
 
 from cloud.archive import Archive, StoredInstance
 from cloud.audit import AuditEntry
+from cloud.crypto import KeyDestroyedError
 from cloud.errors import ArchiveError, InstanceNotFoundError
 from cloud.hospitals import HospitalRef
 from cloud.query import ATTRIBUTES, Match, Query, QueryLevel, matchable
@@ -129,8 +130,8 @@ class ArchiveQueryRetrieve:
     def _located(self, study_uid: str) -> list[StoredInstance]:
         try:
             return self._archive.locate(study_uid)
-        except InstanceNotFoundError:
-            return []  # deleted since the search: nothing left to send
+        except (InstanceNotFoundError, KeyDestroyedError):
+            return []  # deleted or crypto-shredded since the search: nothing left to send
 
     def _responses(
         self, query: Query, requested: list[DataElement], level: RetrieveLevel

@@ -99,7 +99,9 @@ class Node:
         # pydicom's per-value VR checks on every read only cost time and emit warnings.
         pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
         s = self.settings
-        self.archive = Archive.open(s.data_dir, s.database_url, s.blob_url)
+        self.archive = Archive.open(
+            s.data_dir, s.database_url, s.blob_url, encryption=s.encryption, kek_url=s.kek_url
+        )
         self.tokens = TokenSigner(s.data_dir / "keys" / "token.key")
         self.audit_detector = install_audit(self.archive, s)
         self.scp = StorageSCP(

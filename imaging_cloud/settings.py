@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     max_pdu_size: int = Field(ge=0)
     database_url: str
     blob_url: str
+    encryption: bool
+    kek_url: str = Field(pattern=r"^(|file:///.*)$")
+    blob_replica_urls: list[str]
     max_stow_bytes: int = Field(gt=0)
     volume_cache_bytes: int = Field(ge=0)
     volume_cache_url: str = Field(pattern=r"^(|rediss?://.*|unix://.*)$")

@@ -19,6 +19,7 @@ from viewer_api import (
     auth_api,
     export_api,
     gateway_api,
+    lifecycle_api,
     patient_api,
     patient_web,
     qido,
@@ -81,6 +82,7 @@ def create_app(
     app.include_router(study_admin.router)
     app.include_router(export_api.router)
     app.include_router(audit_api.router)
+    app.include_router(lifecycle_api.router)
     app.include_router(web_router)
     for router in (patient_api.router, share_api.router, share_api.workstation):
         app.include_router(router)

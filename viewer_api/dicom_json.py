@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
@@ -10,6 +11,12 @@ _NUMBER_VRS = {"IS", "DS", "US", "UL", "SS", "SL", "FL", "FD", "SV", "UV"}
 _INT_VRS = {"IS", "US", "UL", "SS", "SL", "SV", "UV"}
 
 
+@cache  # a few dozen keywords, looked up for every attribute of every search result
+def _vr_of(keyword: str) -> str:
+    return str(dictionary_VR(keyword))
+
+
+@cache
 def tag_hex(keyword: str) -> str:
     tag = tag_for_keyword(keyword)
     if tag is None:
@@ -25,7 +32,7 @@ def _person_name(text: str) -> dict[str, str]:
 
 def element(keyword: str, value: Any) -> dict[str, Any]:
     """One DICOM JSON element; empty values give a present-but-empty attribute."""
-    vr = dictionary_VR(keyword)
+    vr = _vr_of(keyword)
     values = value if isinstance(value, list) else [value]
     values = [v for v in values if v not in (None, "")]
     if not values:

@@ -56,7 +56,7 @@ def test_different_bytes_under_a_known_uid_are_a_recorded_conflict(
     with archive.engine.connect() as connection:
         conflict = connection.execute(select(IngestConflict)).one()
     assert conflict.received_sha256 == hashlib.sha256(second).hexdigest()
-    assert archive.blobs.get(conflict.received_blob_key) == second  # kept for review
+    assert archive.read_conflict(conflict.pk) == second  # kept for review (sealed at rest)
 
 
 def test_refused_objects_leave_no_index_rows(archive: Archive, ct_files: list[bytes]) -> None:
