@@ -5,26 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
-
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
 
 from cloud.archive import Archive
 from cloud.audit_anomalies import AnomalyDetector, AnomalyPolicy
 from cloud.audit_export import FORMATS, export_lines, jsonl_line
 from cloud.audit_query import AuditFilter, parse_moment
 from cloud.errors import InvalidQueryError
+from imaging_cloud.progress import progress_bar, show_progress
 from imaging_cloud.settings import Settings, load_settings
 
 # --- wiring --------------------------------------------------------------------------------
@@ -75,41 +65,11 @@ def _open(args: argparse.Namespace) -> Archive:
     return Archive.open(settings.data_dir, settings.database_url, settings.blob_url)
 
 
-@contextmanager
-def _progress(
-    enabled: bool, description: str, total: int | None
-) -> Iterator[Callable[[int, int | None], None]]:
-    """A progress bar on stderr (only when it is a terminal, unless forced)."""
-    if not enabled:
-        yield lambda _done, _total: None
-        return
-    columns = (
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task(description, total=total)
-
-        def update(done: int, new_total: int | None) -> None:
-            bar.update(task, completed=done, total=new_total)
-
-        yield update
-
-
-def _show_progress(args: argparse.Namespace) -> bool:
-    if args.progress is not None:
-        return bool(args.progress)
-    return sys.stderr.isatty()
-
-
 def _verify(args: argparse.Namespace) -> int:
     archive = _open(args)
     try:
         total = archive.audit.last_seq()
-        with _progress(_show_progress(args), "verifying audit chain", total) as update:
+        with progress_bar(show_progress(args), "verifying audit chain", total) as update:
             report = archive.audit.verify(update, batch_size=args.batch_size)
     finally:
         archive.close()
@@ -171,8 +131,8 @@ def _export(args: argparse.Namespace) -> int:
         total = archive.audit.last_seq()
         events = archive.audit.iter_events(_filters(args), batch_size=args.batch_size)
         to_file = args.output is not None and str(args.output) != "-"
-        show = _show_progress(args) and to_file
-        with _progress(show, "exporting audit log", total) as update:
+        show = show_progress(args) and to_file
+        with progress_bar(show, "exporting audit log", total) as update:
             if to_file:
                 with args.output.open("w", encoding="utf-8", newline="\n") as out:
                     count = _write(out, export_lines(events, args.format), update, total)

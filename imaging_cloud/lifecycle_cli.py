@@ -10,23 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
-
 from cloud.archive import Archive
+from imaging_cloud.progress import progress_bar, show_progress
 from imaging_cloud.retention_cli import add_retention_commands
 from imaging_cloud.settings import load_settings
 
@@ -48,28 +36,6 @@ def open_lifecycle_archive(args: argparse.Namespace) -> Archive:
     )
 
 
-@contextmanager
-def _progress(enabled: bool, description: str) -> Iterator[Callable[[int, int], None]]:
-    """A progress bar on stderr, or nothing."""
-    if not enabled:
-        yield lambda _done, _total: None
-        return
-    columns = (
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task(description, total=None)
-        yield lambda done, total: bar.update(task, completed=done, total=total)
-
-
-def _show_progress(args: argparse.Namespace) -> bool:
-    return sys.stderr.isatty() if args.progress is None else bool(args.progress)
-
-
 def _rotate_kek(args: argparse.Namespace) -> int:
     archive = open_lifecycle_archive(args)
     try:
@@ -78,7 +44,7 @@ def _rotate_kek(args: argparse.Namespace) -> int:
             print(f"resuming: re-wrapping study keys under KEK {keys.keks.current_id()}")
         else:
             print(f"new key-encryption key {keys.keks.rotate()} is current")
-        with _progress(_show_progress(args), "re-wrapping study keys") as update:
+        with progress_bar(show_progress(args), "re-wrapping study keys") as update:
             report = keys.rewrap(args.batch_size, update)
         print(f"{report.rewrapped} study keys re-wrapped under {report.current_kek_id}")
         if not args.retire_old:

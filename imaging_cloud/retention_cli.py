@@ -11,27 +11,17 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 from typing import Any
-
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
 
 from cloud.archive import Archive
 from cloud.destruction import Destruction
 from cloud.errors import ArchiveError
 from cloud.retention import Actor, DueStudy, Retention
 from cloud.retention_policy import POLICY_FILE, load_policy
+from imaging_cloud.progress import progress_bar, show_progress
 from imaging_cloud.settings import load_settings
 
 OpenArchive = Callable[[argparse.Namespace], Archive]
@@ -70,29 +60,6 @@ def _services(args: argparse.Namespace, archive: Archive) -> tuple[Retention, De
 
 def _console(name: str) -> Actor:
     return Actor(kind="system", name=f"console:{name}"[:128], role="platform_admin")
-
-
-@contextmanager
-def _progress(enabled: bool, description: str, total: int) -> Iterator[Update]:
-    """A rich progress bar on stderr (when it is a terminal, unless told otherwise)."""
-    if not enabled:
-        yield lambda _done, _total: None
-        return
-    columns = (
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda done, new_total: bar.update(task, completed=done, total=new_total)
-
-
-def _show_progress(args: argparse.Namespace) -> bool:
-    chosen = getattr(args, "progress", None)
-    return sys.stderr.isatty() if chosen is None else bool(chosen)
 
 
 def _day(text: str) -> date:
@@ -208,7 +175,7 @@ def _destroy(args: argparse.Namespace, archive: Archive) -> int:
         raise CommandError("--execute needs --approved-by NAME")
     due = _selected(retention.due_for_destruction(None, args.limit), args.study)
     actor, failures, done = _console(args.by or args.approved_by), 0, 0
-    with _progress(_show_progress(args), "destroying", len(due)) as update:
+    with progress_bar(show_progress(args), "destroying", len(due)) as update:
         for index, item in enumerate(due, start=1):
             try:
                 result = destruction.destroy(
@@ -236,7 +203,7 @@ def _selected(due: list[DueStudy], studies: list[str] | None) -> list[DueStudy]:
 
 def _verify(args: argparse.Namespace, archive: Archive) -> int:
     _, destruction = _services(args, archive)
-    with _progress(_show_progress(args), "verifying destruction records", 0) as update:
+    with progress_bar(show_progress(args), "verifying destruction records", 0) as update:
         report = destruction.verify(update)
     if report.ok:
         print(f"destruction records OK: {report.records} records, last seq {report.last_seq}")
