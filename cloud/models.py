@@ -135,6 +135,9 @@ class Instance(Base):
     # "" = the blob holds the Part-10 bytes as received; "aes256gcm" = sealed with the study's
     # data key (cloud.crypto). sha256 and size_bytes always describe the plaintext.
     encryption: Mapped[str] = mapped_column(String(16), default="")
+    # "hot": the blob is in the hot store under blob_key; "cold": it is inside its series'
+    # cold bundle (SeriesTier.cold_key) and must be restored before it is read.
+    tier: Mapped[str] = mapped_column(String(8), default="hot")
 
 
 class IngestConflict(Base):
@@ -454,3 +457,57 @@ class DestructionRecord(Base):
     destroyed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     prev_hash: Mapped[str] = mapped_column(String(64))
     entry_hash: Mapped[str] = mapped_column(String(64))
+
+
+class SeriesTier(Base):
+    """Access statistics of a series and, while it is cold, where its bundle lives."""
+
+    __tablename__ = "series_tiers"
+
+    series_pk: Mapped[int] = mapped_column(
+        ForeignKey("series.pk", ondelete="CASCADE"), primary_key=True
+    )
+    last_access_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True, index=True
+    )
+    access_count: Mapped[int] = mapped_column(Integer, default=0)
+    cold_key: Mapped[str] = mapped_column(String(255), default="")  # "" while hot
+    cold_sha256: Mapped[str] = mapped_column(String(64), default="")  # of the stored bundle
+    cold_bytes: Mapped[int] = mapped_column(BigInteger, default=0)  # the bundle as stored
+    plain_bytes: Mapped[int] = mapped_column(BigInteger, default=0)  # its instances, plaintext
+    cold_instances: Mapped[int] = mapped_column(Integer, default=0)
+    tiered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    restored_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class LifecycleJob(Base):
+    """A restore, tiering or scrub run: queued, running, done or failed, with its progress."""
+
+    __tablename__ = "lifecycle_jobs"
+    __table_args__ = (Index("ix_lifecycle_jobs_kind_target", "kind", "target", "state"),)
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    target: Mapped[str] = mapped_column(String(64), default="")  # a study UID, or ""
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    done: Mapped[int] = mapped_column(Integer, default=0)
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    detail: Mapped[str] = mapped_column(Text, default="")  # JSON: what the job found and did
+    error: Mapped[str] = mapped_column(Text, default="")
+    requested_by: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class BlobVolume(Base):
+    """A volume or bucket added to a tier while the node serves (online expansion)."""
+
+    __tablename__ = "blob_volumes"
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    url: Mapped[str] = mapped_column(String(1024), unique=True)
+    tier: Mapped[str] = mapped_column(String(8))  # "hot" or "cold"
+    writable: Mapped[bool] = mapped_column(Boolean, default=True)
+    added_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    added_by: Mapped[str] = mapped_column(String(128), default="")
