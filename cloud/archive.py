@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,13 +22,15 @@ from cloud.blobstore import BlobStore, open_blob_store
 from cloud.crypto import AES256GCM, KeyEncryptionKeys, NoKeks, SealedBlobError, open_keks, unseal
 from cloud.database import create_index_engine, migrate, session_factory, sqlite_url
 from cloud.deletion import DeletedStudy, delete_study
-from cloud.errors import BackendUnavailableError, InstanceNotFoundError
+from cloud.errors import BackendUnavailableError, InstanceNotFoundError, RestoreInProgressError
 from cloud.hospitals import HospitalRegistry
 from cloud.identity import UserDirectory
 from cloud.ingest import Ingestor, StoreOutcome, is_sealed_key
+from cloud.lifecycle_jobs import DONE, FAILED, InProcessQueue, JobQueue, JobRunner, Jobs
 from cloud.models import IngestConflict, Instance, InstanceMetadata, Series, Study
 from cloud.query import Match, Query, search
 from cloud.study_keys import StudyKeys
+from cloud.tiering import COLD, AccessTracker, Progress, Tiering, TieringError
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +40,7 @@ class StoredInstance:
     """Where one archived instance lives and what a retriever needs to know about it."""
 
     pk: int
+    series_pk: int
     study_instance_uid: str
     series_instance_uid: str
     sop_instance_uid: str
@@ -46,11 +50,13 @@ class StoredInstance:
     blob_key: str
     size_bytes: int  # of the plaintext Part-10 bytes, like the index's sha256
     encryption: str = ""  # "" (stored as received) or "aes256gcm" (sealed, cloud.crypto)
+    tier: str = "hot"  # "cold": inside its series' cold bundle until restored (cloud.tiering)
 
 
 _LOCATE_STUDY = (
     select(
         Instance.pk,
+        Series.pk.label("series_pk"),
         Study.study_instance_uid,
         Series.series_instance_uid,
         Instance.sop_instance_uid,
@@ -60,6 +66,7 @@ _LOCATE_STUDY = (
         Instance.blob_key,
         Instance.size_bytes,
         Instance.encryption,
+        Instance.tier,
     )
     .join(Series, Instance.series_pk == Series.pk)
     .join(Study, Series.study_pk == Study.pk)
@@ -82,11 +89,16 @@ _LOCATE_PK = (
 
 
 class Archive:
-    """Facade over the index and the blob store; safe to share between threads.
+    """Facade over the index and the blob stores; safe to share between threads.
 
     ``keks`` are the key-encryption keys of the study data keys (``archive.keys``); with
     ``encrypt``, new objects are sealed at rest (`cloud.crypto`). Reads return the plaintext
     whatever an object's encryption, so stores written with and without it mix.
+
+    ``cold_blobs`` is the cold tier (`cloud.tiering`); reading a cold instance starts a restore
+    job and waits up to ``cold_read_wait_seconds`` for it, then answers
+    `RestoreInProgressError` (HTTP 202 with the job's status URL). Jobs run on this process's
+    threads unless the composition root hands the archive another queue (`use_job_queue`).
     """
 
     def __init__(
@@ -96,6 +108,8 @@ class Archive:
         keks: KeyEncryptionKeys | None = None,
         *,
         encrypt: bool = False,
+        cold_blobs: BlobStore | None = None,
+        cold_read_wait_seconds: float = 10.0,
     ) -> None:
         if encrypt and keks is None:
             raise ValueError("encryption at rest needs key-encryption keys")
@@ -108,6 +122,14 @@ class Archive:
         self.users = UserDirectory(self._sessions)
         self.access = AccessPolicy(self._sessions)
         self.audit = AuditLog(self._sessions)
+        self.cold_blobs = cold_blobs if cold_blobs is not None else blobs
+        self.tiering = Tiering(self._sessions, blobs, self.cold_blobs, self.keys)
+        self.access_stats = AccessTracker(self._sessions)
+        self.cold_read_wait_seconds = cold_read_wait_seconds
+        self.jobs = Jobs(self._sessions)
+        self.job_runner = JobRunner(self.jobs)
+        self.job_runner.register("restore", self._restore_job)
+        self._job_queue: JobQueue = InProcessQueue(self.job_runner)
 
     @classmethod
     def open(
@@ -118,15 +140,30 @@ class Archive:
         *,
         encryption: bool = True,
         kek_url: str = "",
+        replica_urls: Sequence[str] = (),
+        cold_url: str = "",
+        cold_read_wait_seconds: float = 10.0,
     ) -> Archive:
         """Open (and migrate) the archive; empty URLs mean the embedded default in ``data_dir``
-        (KEKs in ``<data_dir>/keys/kek``). ``encryption`` seals new objects."""
+        (hot blobs in ``blobs/``, cold bundles in ``cold/``, KEKs in ``keys/kek``).
+        ``encryption`` seals new objects; ``replica_urls`` are further copies of the hot store
+        (`cloud.blob_replicas`)."""
         data_dir.mkdir(parents=True, exist_ok=True)
         engine = create_index_engine(database_url or sqlite_url(data_dir))
         migrate(engine)
-        blobs = open_blob_store(blob_url or f"file://{(data_dir / 'blobs').resolve()}")
+        blobs = open_blob_store(
+            blob_url or f"file://{(data_dir / 'blobs').resolve()}", replicas=replica_urls
+        )
+        cold = open_blob_store(cold_url or f"file://{(data_dir / 'cold').resolve()}")
         keks = open_keks(kek_url or f"file://{(data_dir / 'keys' / 'kek').resolve()}")
-        return cls(engine, blobs, keks, encrypt=encryption)
+        return cls(
+            engine,
+            blobs,
+            keks,
+            encrypt=encryption,
+            cold_blobs=cold,
+            cold_read_wait_seconds=cold_read_wait_seconds,
+        )
 
     @property
     def encrypts(self) -> bool:
@@ -138,9 +175,27 @@ class Archive:
         """Sessions on the index, for the cloud services built beside the archive."""
         return self._sessions
 
+    def use_job_queue(self, queue: JobQueue) -> None:
+        """Send lifecycle jobs to ``queue`` (e.g. `cloud.lifecycle_jobs.RedisQueue`)."""
+        previous, self._job_queue = self._job_queue, queue
+        previous.close()
+
     def close(self) -> None:
+        self._job_queue.close()
         self.audit.close()  # ends open viewing sessions with their duration
         self.engine.dispose()
+
+    def request_restore(self, study_instance_uid: str, requested_by: str = "") -> int:
+        """Queue a restore of the study's cold series (joining one already queued); its job."""
+        job_pk, new = self.jobs.create("restore", study_instance_uid, requested_by)
+        if new:
+            self._job_queue.submit(job_pk)
+        return job_pk
+
+    def _restore_job(self, study_instance_uid: str, progress: Progress) -> dict[str, object]:
+        moved = self.tiering.restore_study(study_instance_uid, progress)
+        self._ingestor.forget_cached_keys()
+        return {"series": [m.as_dict() for m in moved]}
 
     def store(
         self,
@@ -161,8 +216,8 @@ class Archive:
         )
 
     def delete_study(self, study_instance_uid: str) -> DeletedStudy:
-        """Remove a study from the index and its blobs (see `cloud.deletion`)."""
-        deleted = delete_study(self._sessions, self.blobs, study_instance_uid)
+        """Remove a study from the index and its blobs, hot and cold (see `cloud.deletion`)."""
+        deleted = delete_study(self._sessions, self.blobs, study_instance_uid, self.cold_blobs)
         self._ingestor.forget_cached_keys()  # the study's cached row keys are gone
         return deleted
 
@@ -212,15 +267,37 @@ class Archive:
             self.keys.data_key(study_instance_uid)
         else:
             self.keys.check_not_destroyed(study_instance_uid)
+        self.access_stats.touch({stored.series_pk for stored in found})
+        if any(stored.tier == COLD for stored in found):
+            self._wait_for_restore(study_instance_uid)
+            return self.locate(study_instance_uid, series_instance_uid, sop_instance_uid)
         return found
+
+    def _wait_for_restore(self, study_instance_uid: str) -> None:
+        """Restore the study (a job), waiting up to ``cold_read_wait_seconds`` for it."""
+        job_pk = self.request_restore(study_instance_uid, requested_by="read")
+        job = self.jobs.wait(job_pk, self.cold_read_wait_seconds)
+        if job.state == DONE:
+            return
+        if job.state == FAILED:
+            raise TieringError(f"restore of study {study_instance_uid} failed: {job.error}")
+        raise RestoreInProgressError(
+            f"study {study_instance_uid} is being restored from cold storage (job {job_pk}, "
+            f"{job.done} of {job.total or '?'} series done)",
+            job_pk,
+            retry_after_seconds=5,
+        )
 
     def read(self, stored: StoredInstance) -> bytes:
         """The original Part-10 bytes, exactly as received (opened if sealed at rest)."""
+        try:
+            blob = self.blobs.get(stored.blob_key)
+        except InstanceNotFoundError:
+            # Tiered since it was located: bring it back rather than answer "not found".
+            self._wait_for_restore(stored.study_instance_uid)
+            blob = self.blobs.get(stored.blob_key)
         return self._plaintext(
-            self.blobs.get(stored.blob_key),
-            stored.encryption,
-            stored.study_instance_uid,
-            stored.sop_instance_uid,
+            blob, stored.encryption, stored.study_instance_uid, stored.sop_instance_uid
         )
 
     def read_conflict(self, conflict_pk: int) -> bytes:

@@ -13,7 +13,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cloud.blobstore import BlobStore
 from cloud.errors import InstanceNotFoundError
-from cloud.models import IngestConflict, Instance, InstanceMetadata, Patient, Series, Study
+from cloud.models import (
+    IngestConflict,
+    Instance,
+    InstanceMetadata,
+    Patient,
+    Series,
+    SeriesTier,
+    Study,
+)
 
 
 @dataclass(frozen=True)
@@ -25,7 +33,10 @@ class DeletedStudy:
 
 
 def delete_study(
-    sessions: sessionmaker[Session], blobs: BlobStore, study_instance_uid: str
+    sessions: sessionmaker[Session],
+    blobs: BlobStore,
+    study_instance_uid: str,
+    cold: BlobStore | None = None,
 ) -> DeletedStudy:
     with sessions() as session:
         study = session.scalar(select(Study).where(Study.study_instance_uid == study_instance_uid))
@@ -37,6 +48,13 @@ def delete_study(
             select(Instance.pk, Instance.blob_key).where(Instance.series_pk.in_(series_pks))
         ).all()
         instance_pks = [pk for pk, _ in instances]
+        bundles = list(
+            session.scalars(
+                select(SeriesTier.cold_key).where(
+                    SeriesTier.series_pk.in_(series_pks), SeriesTier.cold_key != ""
+                )
+            )
+        )
         session.execute(
             delete(InstanceMetadata).where(InstanceMetadata.instance_pk.in_(instance_pks))
         )
@@ -65,6 +83,8 @@ def delete_study(
     orphaned = keys - still_used
     for key in orphaned:
         blobs.delete(key)
+    for key in bundles:  # a series bundle holds this study's objects only
+        (cold or blobs).delete(key)
     return DeletedStudy(
         study_instance_uid,
         patient.patient_id if patient is not None else "",

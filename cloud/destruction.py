@@ -29,8 +29,10 @@ from cloud.archive import Archive
 from cloud.audit import GENESIS
 from cloud.destruction_records import (
     ANCHOR_ACTION,
+    COLD_PREFIX,
     DestructionReport,
     Progress,
+    archive_store_of,
     blob_keys_digest,
     key_state,
     list_records,
@@ -45,6 +47,7 @@ from cloud.models import (
     Instance,
     Patient,
     Series,
+    SeriesTier,
     Study,
     StudyLifecycle,
 )
@@ -181,12 +184,17 @@ class Destruction:
         patient_id = session.scalar(
             select(Patient.patient_id).where(Patient.pk == study.patient_pk)
         )
+        bundles = session.scalars(
+            select(SeriesTier.cold_key)
+            .join(Series, SeriesTier.series_pk == Series.pk)
+            .where(Series.study_pk == study.pk, SeriesTier.cold_key != "")
+        )
         return _Target(
             uid,
             patient_id or "",
             row.retention_class,
             row.retain_until,
-            sorted({key for key, _ in instances}),
+            sorted({key for key, _ in instances} | {COLD_PREFIX + key for key in bundles}),
             len(instances),
             sum(size for _, size in instances),
         )
@@ -252,7 +260,8 @@ class Destruction:
                 logger.warning("blob %s is still referenced by another instance; kept", key)
                 continue
             try:
-                self.archive.blobs.delete(key)
+                store, stored_key = archive_store_of(self.archive, key)
+                store.delete(stored_key)
                 gone += 1
             except Exception:
                 logger.exception("could not delete blob %s (verify will report it)", key)

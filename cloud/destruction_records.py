@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from cloud.archive import Archive
 from cloud.audit import GENESIS, MAX_PROBLEMS
 from cloud.audit_query import AuditFilter, as_utc, stamp
+from cloud.blobstore import BlobStore
 from cloud.models import DestructionRecord, Study, StudyKey
 from cloud.retention_policy import as_date
 
@@ -145,8 +146,9 @@ def _check_gone(
     if keys and blob_keys_digest(keys) != row.blob_keys_sha256:
         problem(f"seq {seq}: blob keys do not match blob_keys_sha256 (record changed)")
     for key in keys:
+        store, stored_key = archive_store_of(archive, key)
         try:
-            present = archive.blobs.exists(key)
+            present = store.exists(stored_key)
         except Exception as exc:  # a key the store refuses, or the store unreachable
             problem(f"seq {seq}: cannot check blob {key}: {exc}")
             continue
@@ -154,6 +156,16 @@ def _check_gone(
             problem(f"seq {seq}: blob {key} of destroyed study {uid} is present again")
     if key_state(archive.sessions, uid) == "live":
         problem(f"seq {seq}: the data key of destroyed study {uid} is not destroyed")
+
+
+COLD_PREFIX = "cold:"  # a record's key in the cold store (a series bundle), not the hot one
+
+
+def archive_store_of(archive: Archive, key: str) -> tuple[BlobStore, str]:
+    """The store a destruction record's key lives in, and the key within it."""
+    if key.startswith(COLD_PREFIX):
+        return archive.cold_blobs, key.removeprefix(COLD_PREFIX)
+    return archive.blobs, key
 
 
 def _check_anchors(archive: Archive, hashes: dict[int, str], problem: Problem) -> None:

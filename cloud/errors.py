@@ -64,3 +64,21 @@ class BackendUnavailableError(ArchiveError):
     dimse_status = 0xA700  # Refused: out of resources
     http_status = 503
     title = "Storage backend unavailable"
+
+
+class RestoreInProgressError(ArchiveError):
+    """What was asked for is in the cold tier; a restore job is bringing it back.
+
+    HTTP 202 Accepted with the job's status URL (``Location``) and ``Retry-After``; DIMSE
+    0xA702 (C-GET/C-MOVE "Refused: out of resources - unable to perform sub-operations"), the
+    retrieve status that tells an SCU to try again later, with the reason in Error Comment.
+    """
+
+    dimse_status = 0xA702
+    http_status = 202
+    title = "Restoring from cold storage"
+
+    def __init__(self, detail: str, job_pk: int, retry_after_seconds: int) -> None:
+        super().__init__(detail)
+        self.job_pk = job_pk
+        self.retry_after_seconds = retry_after_seconds

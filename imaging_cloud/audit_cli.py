@@ -15,7 +15,7 @@ from cloud.audit_export import FORMATS, export_lines, jsonl_line
 from cloud.audit_query import AuditFilter, parse_moment
 from cloud.errors import InvalidQueryError
 from imaging_cloud.progress import progress_bar, show_progress
-from imaging_cloud.settings import Settings, load_settings
+from imaging_cloud.settings import Settings, load_settings, open_archive
 
 # --- wiring --------------------------------------------------------------------------------
 
@@ -62,7 +62,7 @@ def _open(args: argparse.Namespace) -> Archive:
     settings = load_settings(
         data_dir=args.data_dir, database_url=args.database_url, blob_url=args.blob_url
     )
-    return Archive.open(settings.data_dir, settings.database_url, settings.blob_url)
+    return open_archive(settings)
 
 
 def _verify(args: argparse.Namespace) -> int:

@@ -21,7 +21,8 @@ from imaging_cloud.access_cli import add_access_admin_commands
 from imaging_cloud.audit_cli import add_audit_commands
 from imaging_cloud.gateway_cli import add_gateway_commands
 from imaging_cloud.lifecycle_cli import add_lifecycle_commands
-from imaging_cloud.settings import Settings, load_settings
+from imaging_cloud.settings import Settings, load_settings, open_archive
+from imaging_cloud.worker import add_worker_command
 
 
 def _add_node_options(parser: argparse.ArgumentParser) -> None:
@@ -125,7 +126,7 @@ def _open_archive(args: argparse.Namespace) -> Archive:
     settings = load_settings(
         data_dir=args.data_dir, database_url=args.database_url, blob_url=args.blob_url
     )
-    return Archive.open(settings.data_dir, settings.database_url, settings.blob_url)
+    return open_archive(settings)
 
 
 def _add_hospital(args: argparse.Namespace) -> int:
@@ -253,6 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_audit_commands(commands)
     add_gateway_commands(commands)
     add_lifecycle_commands(commands)
+    add_worker_command(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -132,6 +132,8 @@ class ArchiveQueryRetrieve:
             return self._archive.locate(study_uid)
         except (InstanceNotFoundError, KeyDestroyedError):
             return []  # deleted or crypto-shredded since the search: nothing left to send
+        except ArchiveError as exc:  # e.g. being restored from the cold tier: retry later
+            raise QueryRefused(exc.dimse_status, exc.detail) from exc
 
     def _responses(
         self, query: Query, requested: list[DataElement], level: RetrieveLevel

@@ -16,7 +16,8 @@ from typing import Any
 from cloud.archive import Archive
 from imaging_cloud.progress import progress_bar, show_progress
 from imaging_cloud.retention_cli import add_retention_commands
-from imaging_cloud.settings import load_settings
+from imaging_cloud.settings import load_settings, open_archive
+from imaging_cloud.tier_cli import add_tier_commands
 
 
 def open_lifecycle_archive(args: argparse.Namespace) -> Archive:
@@ -27,13 +28,7 @@ def open_lifecycle_archive(args: argparse.Namespace) -> Archive:
         blob_url=getattr(args, "blob_url", None),
         kek_url=getattr(args, "kek_url", None),
     )
-    return Archive.open(
-        settings.data_dir,
-        settings.database_url,
-        settings.blob_url,
-        encryption=settings.encryption,
-        kek_url=settings.kek_url,
-    )
+    return open_archive(settings)
 
 
 def _rotate_kek(args: argparse.Namespace) -> int:
@@ -120,7 +115,8 @@ def _progress_options(parser: argparse.ArgumentParser) -> None:
 def add_lifecycle_commands(commands: Any) -> None:
     """Add the ``lifecycle`` group to the ``imaging-cloud`` command's subparsers."""
     lifecycle = commands.add_parser(
-        "lifecycle", help="encryption keys, retention and destruction of the archive"
+        "lifecycle",
+        help="tiers, encryption keys, retention and destruction, integrity of the archive",
     )
     _archive_options(lifecycle, None)
     actions = lifecycle.add_subparsers(dest="lifecycle_command", required=True)
@@ -157,3 +153,4 @@ def add_lifecycle_commands(commands: Any) -> None:
     status.set_defaults(handler=_keys_status)
 
     add_retention_commands(actions, opener=open_lifecycle_archive)
+    add_tier_commands(actions, opener=open_lifecycle_archive)

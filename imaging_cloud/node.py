@@ -17,7 +17,9 @@ from cloud.monitoring import AlertMonitor, AlertPolicy
 from collectors.storage_scp import ReceivedObject, Sink, SinkResult, StorageSCP
 from imaging_cloud.audit_cli import install_audit
 from imaging_cloud.dimse_qr import ArchiveQueryRetrieve
-from imaging_cloud.settings import Settings
+from imaging_cloud.lifecycle_schedule import LifecycleSchedule, register_lifecycle_jobs
+from imaging_cloud.settings import Settings, open_archive
+from imaging_cloud.worker import job_queue_for
 from viewer_api.app import create_app
 from viewer_api.deps import ApiSettings
 from viewer_api.oidc import OidcConfig
@@ -99,9 +101,12 @@ class Node:
         # pydicom's per-value VR checks on every read only cost time and emit warnings.
         pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
         s = self.settings
-        self.archive = Archive.open(
-            s.data_dir, s.database_url, s.blob_url, encryption=s.encryption, kek_url=s.kek_url
-        )
+        self.archive = open_archive(s)
+        queue = job_queue_for(s)
+        if queue is not None:  # the production shape: `imaging-cloud worker` runs the jobs
+            self.archive.use_job_queue(queue)
+        register_lifecycle_jobs(self.archive, s)
+        self.schedule = LifecycleSchedule(self.archive, s) if s.lifecycle_schedule else None
         self.tokens = TokenSigner(s.data_dir / "keys" / "token.key")
         self.audit_detector = install_audit(self.archive, s)
         self.scp = StorageSCP(
@@ -137,8 +142,11 @@ class Node:
         )
 
     def start_monitoring(self) -> None:
-        """Check the hospitals' gateways periodically (alerts to the log and the webhook)."""
+        """Check the hospitals' gateways periodically (alerts to the log and the webhook), and
+        run the lifecycle pass (classify, tier, back up) if this process is the one that does."""
         self.alerts.start(self.settings.alert_check_seconds)
+        if self.schedule is not None:
+            self.schedule.start()
 
     def http_server(self) -> uvicorn.Server:
         config = uvicorn.Config(
@@ -171,6 +179,8 @@ class Node:
 
     def close(self) -> None:
         self.alerts.stop()
+        if self.schedule is not None:
+            self.schedule.stop()
         self.scp.stop()
         self.archive.close()
         self.audit_detector.close()

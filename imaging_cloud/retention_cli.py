@@ -23,6 +23,7 @@ from cloud.retention import Actor, DueStudy, Retention
 from cloud.retention_policy import POLICY_FILE, load_policy
 from imaging_cloud.progress import progress_bar, show_progress
 from imaging_cloud.settings import load_settings
+from imaging_cloud.settings import open_archive as open_configured
 
 OpenArchive = Callable[[argparse.Namespace], Archive]
 Update = Callable[[int, int], None]
@@ -43,13 +44,7 @@ def open_archive(args: argparse.Namespace) -> Archive:
         blob_url=getattr(args, "blob_url", None),
         kek_url=getattr(args, "kek_url", None),
     )
-    return Archive.open(
-        settings.data_dir,
-        settings.database_url,
-        settings.blob_url,
-        encryption=settings.encryption,
-        kek_url=settings.kek_url,
-    )
+    return open_configured(settings)
 
 
 def _services(args: argparse.Namespace, archive: Archive) -> tuple[Retention, Destruction]:

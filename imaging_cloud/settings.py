@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, model_validator
@@ -14,6 +14,9 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+if TYPE_CHECKING:
+    from cloud.archive import Archive
 
 DEFAULTS_FILE = Path(__file__).resolve().parents[1] / "config" / "defaults.toml"
 
@@ -35,6 +38,13 @@ class Settings(BaseSettings):
     encryption: bool
     kek_url: str = Field(pattern=r"^(|file:///.*)$")
     blob_replica_urls: list[str]
+    cold_blob_url: str
+    cold_after_days: float = Field(ge=0)
+    cold_read_wait_seconds: float = Field(ge=0)
+    job_queue_url: str = Field(pattern=r"^(|rediss?://.*|unix://.*)$")
+    lifecycle_schedule: bool
+    lifecycle_check_seconds: float = Field(gt=0)
+    index_backup_keep: int = Field(ge=1)
     max_stow_bytes: int = Field(gt=0)
     volume_cache_bytes: int = Field(ge=0)
     volume_cache_url: str = Field(pattern=r"^(|rediss?://.*|unix://.*)$")
@@ -101,3 +111,21 @@ def load_settings(**overrides: Any) -> Settings:
     """Settings with ``overrides`` (None values mean 'not given') on top of env and defaults."""
     given = {k: v for k, v in overrides.items() if v is not None}
     return Settings(**given)
+
+
+def open_archive(settings: Settings) -> Archive:
+    """The archive as the settings describe it: index, hot store with its replicas, cold
+    store, key-encryption keys and encryption, and the wait for cold reads. Every command
+    that opens the archive goes through here, so they all see the same stores."""
+    from cloud.archive import Archive  # here: loading settings must stay cheap
+
+    return Archive.open(
+        settings.data_dir,
+        settings.database_url,
+        settings.blob_url,
+        encryption=settings.encryption,
+        kek_url=settings.kek_url,
+        replica_urls=settings.blob_replica_urls,
+        cold_url=settings.cold_blob_url,
+        cold_read_wait_seconds=settings.cold_read_wait_seconds,
+    )

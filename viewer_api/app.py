@@ -83,6 +83,7 @@ def create_app(
     app.include_router(export_api.router)
     app.include_router(audit_api.router)
     app.include_router(lifecycle_api.router)
+    app.include_router(lifecycle_api.jobs)
     app.include_router(web_router)
     for router in (patient_api.router, share_api.router, share_api.workstation):
         app.include_router(router)

@@ -11,14 +11,16 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Path, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from cloud.access import Principal
 from cloud.retention import Actor, Lifecycle, Retention
-from viewer_api.access_deps import StudyGrant, client_address, study_access
+from viewer_api.access_deps import PrincipalDep, StudyGrant, client_address, study_access
 from viewer_api.deps import ArchiveDep
+from viewer_api.problems import restoring
 
 router = APIRouter(prefix="/api/studies", tags=["lifecycle"])
 
@@ -118,3 +120,38 @@ async def extend_retention(
 
     found = await run_in_threadpool(extend)
     return _answer(retention, found)
+
+
+jobs = APIRouter(prefix="/api/lifecycle", tags=["lifecycle"])
+
+
+@router.post("/{study}/restore", status_code=202)
+async def restore_study(
+    study: str,
+    archive: ArchiveDep,
+    grant: Annotated[StudyGrant, Depends(study_access("live_view"))],
+) -> JSONResponse:
+    """Bring a study's cold series back to the hot tier (a prefetch before reading it):
+    202 with the restore job's status URL, or 200 when nothing of it is cold."""
+    cold = await run_in_threadpool(archive.tiering.cold_series, study)
+    if not cold:
+        return JSONResponse({"status": "hot", "study": study})
+    who = grant.principal
+    job_pk = await run_in_threadpool(archive.request_restore, study, f"{who.kind}:{who.name}")
+    return restoring(job_pk, 5, f"restoring {len(cold)} series of study {study}")
+
+
+@jobs.get("/jobs/{job}")
+async def lifecycle_job(
+    job: Annotated[int, Path(ge=1, le=2**31 - 1)],
+    archive: ArchiveDep,
+    who: PrincipalDep,
+) -> dict[str, Any]:
+    """State and progress of a restore, tiering or scrub job. A restore job is visible to
+    whoever may view its study; the others to those who manage retention."""
+    view = await run_in_threadpool(archive.jobs.get, job)
+    if view.kind == "restore" and view.target:
+        await run_in_threadpool(archive.access.require_study, who, "live_view", view.target)
+    else:
+        await run_in_threadpool(archive.access.require, who, "manage_retention")
+    return view.as_dict()

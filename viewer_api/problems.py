@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from cloud.errors import ArchiveError
+from cloud.errors import ArchiveError, RestoreInProgressError
 from collectors.multipart import MultipartError
 
 logger = logging.getLogger(__name__)
@@ -34,12 +34,33 @@ def problem(status: int, title: str, detail: str, **extra: Any) -> JSONResponse:
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON)
 
 
+def job_url(job_pk: int) -> str:
+    return f"/api/lifecycle/jobs/{job_pk}"
+
+
+def restoring(job_pk: int, retry_after_seconds: int, detail: str) -> JSONResponse:
+    """202 Accepted: the data is coming back from cold storage; ask again at ``Location``."""
+    body = {
+        "status": "restoring",
+        "job": job_pk,
+        "statusUrl": job_url(job_pk),
+        "retryAfter": retry_after_seconds,
+        "detail": detail,
+    }
+    headers = {"Location": job_url(job_pk), "Retry-After": str(retry_after_seconds)}
+    return JSONResponse(body, status_code=202, headers=headers)
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     """Register handlers so no error leaves the API as HTML or a bare string."""
 
     @app.exception_handler(ArchiveError)
     async def _archive(_request: Request, exc: ArchiveError) -> JSONResponse:
         return problem(exc.http_status, exc.title, exc.detail)
+
+    @app.exception_handler(RestoreInProgressError)
+    async def _restoring(_request: Request, exc: RestoreInProgressError) -> JSONResponse:
+        return restoring(exc.job_pk, exc.retry_after_seconds, exc.detail)
 
     @app.exception_handler(HTTPProblem)
     async def _http_problem(_request: Request, exc: HTTPProblem) -> JSONResponse:
