@@ -19,6 +19,7 @@ from tests.support.orthanc import orthanc_available
 from tests.support.servers import running_node
 
 POSTGRES_ENV = "IMAGING_CLOUD_TEST_DATABASE_URL"
+REDIS_ENV = "IMAGING_CLOUD_TEST_REDIS_URL"
 
 
 @pytest.hookimpl(tryfirst=True)  # before skipif marks are evaluated
@@ -101,3 +102,22 @@ def study() -> StudySpec:
 def ct_files(study: StudySpec) -> list[bytes]:
     """A small synthetic CT series as Part-10 bytes."""
     return [to_part10(ds) for ds in ct_series(study, slices=5, size=32)]
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """The test Redis; CI (which sets IMAGING_CLOUD_TEST_REDIS_URL) fails if it is unreachable,
+    a local run without the variable skips."""
+    import redis
+
+    url = os.environ.get(REDIS_ENV, "")
+    probe = redis.Redis.from_url(url or "redis://127.0.0.1:6379/0", socket_connect_timeout=2)
+    try:
+        probe.ping()
+    except redis.exceptions.ConnectionError as exc:
+        if url:
+            pytest.fail(f"{REDIS_ENV} is set but Redis is unreachable: {exc}")
+        pytest.skip(f"Redis not reachable on 127.0.0.1:6379 and {REDIS_ENV} not set")
+    finally:
+        probe.close()
+    return url or "redis://127.0.0.1:6379/0"
