@@ -282,8 +282,9 @@ class Archive:
         if job.state == FAILED:
             raise TieringError(f"restore of study {study_instance_uid} failed: {job.error}")
         raise RestoreInProgressError(
-            f"study {study_instance_uid} is being restored from cold storage (job {job_pk}, "
-            f"{job.done} of {job.total or '?'} series done)",
+            # First what a DIMSE peer must know: Error Comment keeps only 64 characters.
+            f"restoring from cold storage (job {job_pk}), retry later: study "
+            f"{study_instance_uid}, {job.done} of {job.total or '?'} series done",
             job_pk,
             retry_after_seconds=5,
         )

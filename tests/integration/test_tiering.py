@@ -5,6 +5,7 @@ cold data, damaged bundles, on local directories and on S3 (moto's server)."""
 from __future__ import annotations
 
 import io
+import subprocess
 import tarfile
 import time
 from collections.abc import Iterator
@@ -305,3 +306,38 @@ def test_tiering_and_restore_with_both_tiers_on_s3(tmp_path: Path, database_url:
             assert len(list(archive.cold_blobs.keys())) == 0
         finally:
             archive.close()
+
+
+@pytest.mark.needs_dcmtk
+def test_dcmtk_getscu_of_a_cold_study_is_told_to_retry_then_gets_it(
+    tmp_path: Path,
+) -> None:
+    study, files = _study(slices=2)
+    with running_node(tmp_path / "node", cold_read_wait_seconds=0) as node:
+        node.archive.hospitals.add_hospital("H1", "Hospital 1", ae_title="H1GW")
+        hospital = node.archive.hospitals.by_ae_title("H1GW")
+        assert hospital is not None
+        for data in files.values():
+            node.archive.store(data, source="test", hospital_pk=hospital.pk)
+        node.archive.tiering.tier_due(NOW, now=datetime.now(UTC) + timedelta(hours=2))
+        out = tmp_path / "received"
+        out.mkdir()
+        command = ["getscu", "-d", "-aet", "H1GW", "-aec", node.settings.ae_title, "-S"]
+        command += ["-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study}"]
+        command += ["-od", str(out), "127.0.0.1", str(node.scp.port)]
+
+        refused = subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+        assert "a702" in refused.stderr.lower() or "OutOfResources" in refused.stderr, (
+            refused.stderr
+        )
+        assert "cold storage" in refused.stderr
+        assert list(out.iterdir()) == []
+        job = node.archive.jobs.recent(kind="restore")[0]
+        assert node.archive.jobs.wait(job.pk, 30).state == "done"
+
+        retried = subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+        assert retried.returncode == 0, retried.stderr
+        received = {p.read_bytes() for p in out.iterdir()}
+        assert len(received) == len(files)
