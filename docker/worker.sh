@@ -1,9 +1,9 @@
 #!/bin/sh
-# The job runner of the production shape (docker/compose.yaml, service `worker`).
+# The periodic work of the production shape (docker/compose.yaml, service `worker`).
 #
-# STAND-IN until a Redis queue worker (arq/RQ) lands: it runs the periodic jobs as
-# `imaging-cloud` commands in a plain loop, one after the other, never two at once. Run
-# exactly one worker container: the jobs do not coordinate between runners yet.
+# Runs `imaging-cloud` commands on a schedule in a plain loop, one after the other, never two
+# at once. Run exactly one. Jobs on demand (restores of cold series) are not run here: the
+# `jobs` service (`imaging-cloud worker`, RQ on Redis) runs those.
 #
 # WORKER_JOBS: ';'-separated "<every-seconds>:<imaging-cloud arguments>" entries. A job is
 # started when its interval has passed since it was last started (and on the first round).
@@ -13,7 +13,7 @@
 # Settings (index, blob store, data dir) come from the IMAGING_CLOUD_* environment.
 set -u
 
-JOBS="${WORKER_JOBS:-3600:audit verify;3600:lifecycle tier;86400:lifecycle verify;86400:lifecycle scrub}"
+JOBS="${WORKER_JOBS:-3600:lifecycle classify;3600:audit verify;86400:lifecycle tier;86400:lifecycle verify;604800:lifecycle scrub}"
 TICK="${WORKER_TICK_SECONDS:-60}"
 STATE="${WORKER_STATE_DIR:-/tmp/imaging-cloud-worker}"
 mkdir -p "$STATE"
