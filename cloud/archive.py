@@ -31,6 +31,7 @@ from cloud.models import IngestConflict, Instance, InstanceMetadata, Series, Stu
 from cloud.query import Match, Query, search
 from cloud.study_keys import StudyKeys
 from cloud.tiering import COLD, AccessTracker, Progress, Tiering, TieringError
+from cloud.volumes import REFRESH_SECONDS, VolumeSet, table_loader
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +131,7 @@ class Archive:
         self.job_runner = JobRunner(self.jobs)
         self.job_runner.register("restore", self._restore_job)
         self._job_queue: JobQueue = InProcessQueue(self.job_runner)
+        self._owned_stores: tuple[VolumeSet, ...] = ()  # the stores `open` made, closed with it
 
     @classmethod
     def open(
@@ -143,20 +145,31 @@ class Archive:
         replica_urls: Sequence[str] = (),
         cold_url: str = "",
         cold_read_wait_seconds: float = 10.0,
+        volume_refresh_seconds: float = REFRESH_SECONDS,
     ) -> Archive:
         """Open (and migrate) the archive; empty URLs mean the embedded default in ``data_dir``
         (hot blobs in ``blobs/``, cold bundles in ``cold/``, KEKs in ``keys/kek``).
         ``encryption`` seals new objects; ``replica_urls`` are further copies of the hot store
-        (`cloud.blob_replicas`)."""
+        (`cloud.blob_replicas`). Each tier also spans the volumes added while serving
+        (`cloud.volumes`), looked up again every ``volume_refresh_seconds``."""
         data_dir.mkdir(parents=True, exist_ok=True)
         engine = create_index_engine(database_url or sqlite_url(data_dir))
         migrate(engine)
-        blobs = open_blob_store(
-            blob_url or f"file://{(data_dir / 'blobs').resolve()}", replicas=replica_urls
+        sessions = session_factory(engine)
+        blobs = VolumeSet(
+            open_blob_store(
+                blob_url or f"file://{(data_dir / 'blobs').resolve()}", replicas=replica_urls
+            ),
+            table_loader(sessions, "hot"),
+            refresh_seconds=volume_refresh_seconds,
         )
-        cold = open_blob_store(cold_url or f"file://{(data_dir / 'cold').resolve()}")
+        cold = VolumeSet(
+            open_blob_store(cold_url or f"file://{(data_dir / 'cold').resolve()}"),
+            table_loader(sessions, "cold"),
+            refresh_seconds=volume_refresh_seconds,
+        )
         keks = open_keks(kek_url or f"file://{(data_dir / 'keys' / 'kek').resolve()}")
-        return cls(
+        archive = cls(
             engine,
             blobs,
             keks,
@@ -164,6 +177,8 @@ class Archive:
             cold_blobs=cold,
             cold_read_wait_seconds=cold_read_wait_seconds,
         )
+        archive._owned_stores = (blobs, cold)
+        return archive
 
     @property
     def encrypts(self) -> bool:
@@ -182,6 +197,8 @@ class Archive:
 
     def close(self) -> None:
         self._job_queue.close()
+        for store in self._owned_stores:
+            store.close()
         self.audit.close()  # ends open viewing sessions with their duration
         self.engine.dispose()
 

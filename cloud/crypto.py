@@ -128,6 +128,25 @@ def _aad(sop_instance_uid: str) -> bytes:
     return _PREFIX + sop_instance_uid.encode("ascii")
 
 
+def seal_bytes(data_key: bytes, plaintext: bytes, associated_data: bytes) -> bytes:
+    """Nonce, then the AES-256-GCM ciphertext and tag of ``plaintext``: the building block of
+    formats other than blobs (index backups), which bind their own ``associated_data``."""
+    nonce = secrets.token_bytes(NONCE_BYTES)
+    return nonce + AESGCM(data_key).encrypt(nonce, plaintext, associated_data)
+
+
+def unseal_bytes(data_key: bytes, sealed: bytes, associated_data: bytes, what: str) -> bytes:
+    """The plaintext of `seal_bytes` output; `SealedBlobError` naming ``what`` if it fails."""
+    if len(sealed) < NONCE_BYTES + TAG_BYTES:
+        raise SealedBlobError(f"{what} is truncated")
+    try:
+        return AESGCM(data_key).decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], associated_data)
+    except InvalidTag:
+        raise SealedBlobError(
+            f"{what} failed authentication (altered, truncated, or sealed with another key)"
+        ) from None
+
+
 def new_data_key() -> bytes:
     return secrets.token_bytes(KEY_BYTES)
 

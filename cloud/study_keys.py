@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -266,16 +266,19 @@ class StudyKeys:
                 progress(done, max(total, done))
         return RewrapReport(self.keks.current_id(), done)
 
-    def retire_unused(self) -> tuple[list[str], dict[str, int]]:
+    def retire_unused(
+        self, needed_elsewhere: Mapping[str, int] | None = None
+    ) -> tuple[list[str], dict[str, int]]:
         """Destroy every old KEK no live key is wrapped with: (retired ids, ids still in use
-        with their key counts)."""
+        with their key counts). ``needed_elsewhere`` are KEKs something else still needs
+        (kept index backups: `cloud.index_backup.IndexBackups.kek_ids`), with a count."""
         current = self.keks.current_id()
         retired: list[str] = []
         in_use: dict[str, int] = {}
         for kek_id in self.keks.known_ids():
             if kek_id == current:
                 continue
-            using = self._count_under(kek_id)
+            using = self._count_under(kek_id) + (needed_elsewhere or {}).get(kek_id, 0)
             if using:
                 in_use[kek_id] = using
                 continue

@@ -14,21 +14,29 @@ from pathlib import Path
 from typing import Any
 
 from cloud.archive import Archive
+from cloud.index_backup import IndexBackups
+from imaging_cloud.backup_cli import add_backup_commands
 from imaging_cloud.progress import progress_bar, show_progress
 from imaging_cloud.retention_cli import add_retention_commands
-from imaging_cloud.settings import load_settings, open_archive
+from imaging_cloud.scrub_cli import add_scrub_commands
+from imaging_cloud.settings import Settings, index_backup_dir, load_settings, open_archive
 from imaging_cloud.tier_cli import add_tier_commands
+from imaging_cloud.volume_cli import add_volume_commands
 
 
-def open_lifecycle_archive(args: argparse.Namespace) -> Archive:
-    """The archive the options name, with its key store, as `serve` would open it."""
-    settings = load_settings(
+def settings_of(args: argparse.Namespace) -> Settings:
+    """The settings with the archive options given on the command line."""
+    return load_settings(
         data_dir=getattr(args, "data_dir", None),
         database_url=getattr(args, "database_url", None),
         blob_url=getattr(args, "blob_url", None),
         kek_url=getattr(args, "kek_url", None),
     )
-    return open_archive(settings)
+
+
+def open_lifecycle_archive(args: argparse.Namespace) -> Archive:
+    """The archive the options name, with its key store, as `serve` would open it."""
+    return open_archive(settings_of(args))
 
 
 def _rotate_kek(args: argparse.Namespace) -> int:
@@ -47,13 +55,14 @@ def _rotate_kek(args: argparse.Namespace) -> int:
             if old:
                 print(f"kept {len(old)} old KEK(s) ({', '.join(old)}); --retire-old removes them")
             return 0
-        retired, in_use = keys.retire_unused()
+        backups = IndexBackups(None, index_backup_dir(settings_of(args)), keys.keks)
+        retired, in_use = keys.retire_unused(backups.kek_ids())
     finally:
         archive.close()
     for kek_id in retired:
         print(f"retired KEK {kek_id}")
     for kek_id, count in in_use.items():
-        print(f"kept KEK {kek_id}: {count} study keys still use it (run again)")
+        print(f"kept KEK {kek_id}: {count} study keys or kept index backups still need it")
     return 1 if in_use else 0
 
 
@@ -154,3 +163,6 @@ def add_lifecycle_commands(commands: Any) -> None:
 
     add_retention_commands(actions, opener=open_lifecycle_archive)
     add_tier_commands(actions, opener=open_lifecycle_archive)
+    add_backup_commands(actions, opener=open_lifecycle_archive)
+    add_volume_commands(actions, opener=open_lifecycle_archive)
+    add_scrub_commands(actions, opener=open_lifecycle_archive)

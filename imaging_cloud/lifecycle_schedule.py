@@ -16,9 +16,11 @@ from datetime import timedelta
 from typing import Any
 
 from cloud.archive import Archive
+from cloud.index_backup import IndexBackups
 from cloud.lifecycle_jobs import Progress
 from cloud.retention import Retention
-from imaging_cloud.settings import Settings
+from cloud.scrub import Scrubber
+from imaging_cloud.settings import Settings, index_backup_dir
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +33,13 @@ def register_lifecycle_jobs(archive: Archive, settings: Settings) -> None:
         moved = archive.tiering.tier_due(cold_after, progress)
         return {"series": len(moved), "instances": sum(m.instances for m in moved)}
 
+    def scrub(_target: str, progress: Progress) -> dict[str, Any]:
+        report = Scrubber(archive).run(progress).as_dict()
+        report.pop("problems", None)  # the counts for the job; the problems are in the log
+        return report
+
     archive.job_runner.register("tier", tier)
+    archive.job_runner.register("scrub", scrub)
 
 
 class LifecycleSchedule:
@@ -40,8 +48,15 @@ class LifecycleSchedule:
     def __init__(self, archive: Archive, settings: Settings) -> None:
         self._archive = archive
         self._settings = settings
+        register_lifecycle_jobs(archive, settings)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._backups = IndexBackups(
+            archive.engine,
+            index_backup_dir(settings),
+            archive.keys.keks,
+            keep=settings.index_backup_keep,
+        )
         self._steps: list[tuple[str, Callable[[], Any]]] = [
             ("classify", self._classify),
             ("tier", self._tier),
@@ -84,9 +99,10 @@ class LifecycleSchedule:
         if not new:
             return 0
         view = self._archive.job_runner.run(job_pk)
+        if view.state != "done":
+            raise RuntimeError(f"tier job {job_pk}: {view.error}")
         return int(view.detail.get("series", 0))
 
     def _backup(self) -> str:
-        from cloud.index_backup import IndexBackups  # noqa: F401  (wired when it lands)
-
-        return "not configured"
+        made = self._backups.run_if_due()
+        return made.path.name if made is not None else "not due"

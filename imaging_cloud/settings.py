@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     kek_url: str = Field(pattern=r"^(|file:///.*)$")
     blob_replica_urls: list[str]
     cold_blob_url: str
+    volume_refresh_seconds: float = Field(gt=0)
     cold_after_days: float = Field(ge=0)
     cold_read_wait_seconds: float = Field(ge=0)
     job_queue_url: str = Field(pattern=r"^(|rediss?://.*|unix://.*)$")
@@ -113,6 +114,11 @@ def load_settings(**overrides: Any) -> Settings:
     return Settings(**given)
 
 
+def index_backup_dir(settings: Settings) -> Path:
+    """Where the index backups are kept (`cloud.index_backup`)."""
+    return settings.data_dir / "backups" / "index"
+
+
 def open_archive(settings: Settings) -> Archive:
     """The archive as the settings describe it: index, hot store with its replicas, cold
     store, key-encryption keys and encryption, and the wait for cold reads. Every command
@@ -128,4 +134,5 @@ def open_archive(settings: Settings) -> Archive:
         replica_urls=settings.blob_replica_urls,
         cold_url=settings.cold_blob_url,
         cold_read_wait_seconds=settings.cold_read_wait_seconds,
+        volume_refresh_seconds=settings.volume_refresh_seconds,
     )

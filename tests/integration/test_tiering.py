@@ -30,6 +30,31 @@ from tests.support.servers import client, running_node
 NOW = timedelta(0)  # "cold after 0 days": everything not read this instant is due
 
 
+class HeldQueue:
+    """A job queue that runs nothing until told: a small restore would otherwise finish
+    before a read that must not wait could even look at it."""
+
+    def __init__(self, archive: Archive) -> None:
+        self.archive = archive
+        self.held: list[int] = []
+
+    def submit(self, job_pk: int) -> None:
+        self.held.append(job_pk)
+
+    def release(self) -> None:
+        while self.held:
+            self.archive.job_runner.run(self.held.pop(0))
+
+    def close(self) -> None:
+        pass
+
+
+def _hold_jobs(archive: Archive) -> HeldQueue:
+    queue = HeldQueue(archive)
+    archive.use_job_queue(queue)
+    return queue
+
+
 def _study(slices: int = 12, patient: str = "TIER01") -> tuple[str, dict[str, bytes]]:
     spec = StudySpec(patient=PatientSpec(patient_id=patient))
     files = {}
@@ -119,6 +144,7 @@ def test_a_read_that_cannot_wait_gets_the_restore_job_and_the_job_finishes(
     tmp_path: Path, database_url: str
 ) -> None:
     archive = Archive.open(tmp_path / "data", database_url, cold_read_wait_seconds=0)
+    queue = _hold_jobs(archive)
     try:
         study, files = _study()
         _store(archive, files)
@@ -131,7 +157,9 @@ def test_a_read_that_cannot_wait_gets_the_restore_job_and_the_job_finishes(
             archive.locate(study)
         assert second.value.job_pk == refused.value.job_pk, "a second read joins the same job"
         assert refused.value.http_status == 202 and refused.value.dimse_status == 0xA702
+        assert archive.jobs.get(refused.value.job_pk).state == "queued"
 
+        queue.release()
         job = archive.jobs.wait(refused.value.job_pk, 30)
         assert job.state == "done", job.error
         assert _read_all(archive, study) == files
@@ -239,6 +267,7 @@ def test_dicomweb_answers_202_with_a_status_url_then_serves_the_originals(
         running_node(tmp_path / "node", database_url, cold_read_wait_seconds=0) as node,
         client(node) as http,
     ):
+        queue = _hold_jobs(node.archive)
         _store(node.archive, files)
         node.archive.tiering.tier_due(NOW, now=datetime.now(UTC) + timedelta(hours=2))
         sop = next(iter(files))
@@ -257,6 +286,8 @@ def test_dicomweb_answers_202_with_a_status_url_then_serves_the_originals(
         assert first.headers["Retry-After"] == "5"
         status_url = first.headers["Location"]
         assert status_url == first.json()["statusUrl"] and status_url.startswith("/api/lifecycle/")
+        assert http.get(status_url).json()["state"] == "queued"
+        queue.release()
         deadline = time.monotonic() + 30
         while (job := http.get(status_url).json())["state"] not in ("done", "failed"):
             assert time.monotonic() < deadline
@@ -314,6 +345,7 @@ def test_dcmtk_getscu_of_a_cold_study_is_told_to_retry_then_gets_it(
 ) -> None:
     study, files = _study(slices=2)
     with running_node(tmp_path / "node", cold_read_wait_seconds=0) as node:
+        queue = _hold_jobs(node.archive)
         node.archive.hospitals.add_hospital("H1", "Hospital 1", ae_title="H1GW")
         hospital = node.archive.hospitals.by_ae_title("H1GW")
         assert hospital is not None
@@ -333,6 +365,7 @@ def test_dcmtk_getscu_of_a_cold_study_is_told_to_retry_then_gets_it(
         )
         assert "cold storage" in refused.stderr
         assert list(out.iterdir()) == []
+        queue.release()
         job = node.archive.jobs.recent(kind="restore")[0]
         assert node.archive.jobs.wait(job.pk, 30).state == "done"
 
