@@ -18,6 +18,7 @@ from cloud.models import (
     Instance,
     InstanceMetadata,
     Patient,
+    Report,
     Series,
     SeriesTier,
     Study,
@@ -60,6 +61,8 @@ def delete_study(
         )
         session.execute(delete(Instance).where(Instance.pk.in_(instance_pks)))
         session.execute(delete(Series).where(Series.study_pk == study.pk))
+        # Reports are patient data too (their citations go with them, ON DELETE CASCADE).
+        session.execute(delete(Report).where(Report.study_instance_uid == study_instance_uid))
         session.delete(study)
         session.flush()
         remaining = session.scalar(

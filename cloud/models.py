@@ -42,14 +42,31 @@ class Base(DeclarativeBase):
 
 class Patient(Base):
     __tablename__ = "patients"
-    __table_args__ = (UniqueConstraint("patient_id", "issuer_of_patient_id"),)
+    __table_args__ = (
+        UniqueConstraint("patient_id", "issuer_of_patient_id"),
+        # Person Name prefixes (``zhang*`` -> LIKE 'zhang%') on the casefolded groups. On
+        # PostgreSQL a plain btree serves LIKE only under the C collation; the pattern
+        # operator class serves it under any (and equality too). Migration 0008.
+        *(
+            Index(
+                f"ix_patients_{column}",
+                column,
+                postgresql_ops={column: "varchar_pattern_ops"},
+            )
+            for column in (
+                "patient_name_alphabetic",
+                "patient_name_ideographic",
+                "patient_name_phonetic",
+            )
+        ),
+    )
 
     pk: Mapped[int] = mapped_column(Integer, primary_key=True)
     patient_id: Mapped[str] = mapped_column(String(64), index=True)
     issuer_of_patient_id: Mapped[str] = mapped_column(String(64), default="")
     patient_name: Mapped[str] = mapped_column(PN, default="")
-    patient_name_alphabetic: Mapped[str] = mapped_column(PN, default="", index=True)
-    patient_name_ideographic: Mapped[str] = mapped_column(PN, default="", index=True)
+    patient_name_alphabetic: Mapped[str] = mapped_column(PN, default="")
+    patient_name_ideographic: Mapped[str] = mapped_column(PN, default="")
     patient_name_phonetic: Mapped[str] = mapped_column(PN, default="")
     patient_birth_date: Mapped[str] = mapped_column(String(8), default="")
     patient_sex: Mapped[str] = mapped_column(String(16), default="")
@@ -72,6 +89,9 @@ class Hospital(Base):
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     district: Mapped[str] = mapped_column(String(64), default="")
     level: Mapped[str] = mapped_column(String(32), default="")
+    # Where it is, for the regulator's map (WGS 84 degrees); unknown until an admin sets it.
+    latitude: Mapped[float | None] = mapped_column(Float, nullable=True)
+    longitude: Mapped[float | None] = mapped_column(Float, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
@@ -511,3 +531,191 @@ class BlobVolume(Base):
     writable: Mapped[bool] = mapped_column(Boolean, default=True)
     added_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     added_by: Mapped[str] = mapped_column(String(128), default="")
+
+
+# --- reports, exam codes, mutual recognition, data quality (issue 7) ----------------------
+
+
+class Report(Base):
+    """A study's diagnostic report as the hospital sent it (JSON or DICOM SR), one version.
+
+    Keyed by the Study Instance UID, not the study row: a report may arrive before its images.
+    A corrected report is a new version; the previous ones stay for the citations made on them.
+    """
+
+    __tablename__ = "reports"
+    __table_args__ = (UniqueConstraint("study_instance_uid", "version"),)
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID, index=True)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    current: Mapped[bool] = mapped_column(Boolean, default=True, index=True)
+    hospital_pk: Mapped[int | None] = mapped_column(ForeignKey("hospitals.pk"), nullable=True)
+    patient_id: Mapped[str] = mapped_column(String(64), default="", index=True)
+    accession_number: Mapped[str] = mapped_column(String(64), default="")  # exam number
+    exam_type: Mapped[str] = mapped_column(String(16), default="")  # modality, as 检查类型
+    body_part: Mapped[str] = mapped_column(String(64), default="")
+    exam_name: Mapped[str] = mapped_column(String(128), default="")
+    local_exam_code: Mapped[str] = mapped_column(String(64), default="")
+    request_date: Mapped[str] = mapped_column(String(8), default="")  # YYYYMMDD
+    exam_date: Mapped[str] = mapped_column(String(8), default="")
+    report_date: Mapped[str] = mapped_column(String(8), default="")
+    report_time: Mapped[str] = mapped_column(String(16), default="")
+    findings: Mapped[str] = mapped_column(Text, default="")  # 影像表现
+    impression: Mapped[str] = mapped_column(Text, default="")  # 诊断意见
+    reporting_physician: Mapped[str] = mapped_column(String(64), default="")
+    reviewing_physician: Mapped[str] = mapped_column(String(64), default="")
+    status: Mapped[str] = mapped_column(String(16), default="draft")  # draft | final
+    source: Mapped[str] = mapped_column(String(16), default="json")  # json | sr
+    source_sop_instance_uid: Mapped[str] = mapped_column(String(64), default="")
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ReportCitation(Base):
+    """Findings or impression copied by someone: the citation ID travels with the text."""
+
+    __tablename__ = "report_citations"
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    citation_id: Mapped[str] = mapped_column(String(32), unique=True)
+    report_pk: Mapped[int] = mapped_column(ForeignKey("reports.pk", ondelete="CASCADE"), index=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID, index=True)
+    field: Mapped[str] = mapped_column(String(16))  # findings | impression
+    text_sha256: Mapped[str] = mapped_column(String(64))
+    actor: Mapped[str] = mapped_column(String(128))
+    actor_kind: Mapped[str] = mapped_column(String(16))
+    hospital_id: Mapped[str] = mapped_column(String(64), default="", index=True)
+    cited_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class RegionalExamCode(Base):
+    """The region's exam code table (config/exam_codes.toml seeds it; admins edit it)."""
+
+    __tablename__ = "regional_exam_codes"
+
+    code: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    modality: Mapped[str] = mapped_column(String(16), default="")
+    body_part: Mapped[str] = mapped_column(String(64), default="")
+    exam_class: Mapped[str] = mapped_column(String(32), default="")  # what counts as "same exam"
+    recognition_days: Mapped[int] = mapped_column(Integer, default=0)  # 0: never recognised
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class ExamCodeMapping(Base):
+    """A hospital's local procedure code mapped to a regional code."""
+
+    __tablename__ = "exam_code_mappings"
+    __table_args__ = (UniqueConstraint("hospital_pk", "local_code"),)
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    hospital_pk: Mapped[int] = mapped_column(ForeignKey("hospitals.pk", ondelete="CASCADE"))
+    local_code: Mapped[str] = mapped_column(String(64))
+    local_name: Mapped[str] = mapped_column(String(128), default="")
+    regional_code: Mapped[str] = mapped_column(String(32), default="", index=True)  # "": unmapped
+    seen_count: Mapped[int] = mapped_column(Integer, default=0)
+    first_seen_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_seen_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    updated_by: Mapped[str] = mapped_column(String(64), default="")
+    updated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class DictionaryEntry(Base):
+    """Device-type and body-part dictionaries (config/dictionaries.toml seeds them)."""
+
+    __tablename__ = "dictionary_entries"
+    __table_args__ = (UniqueConstraint("dictionary", "code"),)
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    dictionary: Mapped[str] = mapped_column(String(32), index=True)  # device_type | body_part
+    code: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(128))
+    synonyms: Mapped[str] = mapped_column(Text, default="[]")  # JSON list of accepted spellings
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class StudyExam(Base):
+    """What a study is in regional terms: its normalised exam code, class and body part."""
+
+    __tablename__ = "study_exams"
+
+    study_pk: Mapped[int] = mapped_column(
+        ForeignKey("studies.pk", ondelete="CASCADE"), primary_key=True
+    )
+    local_code: Mapped[str] = mapped_column(String(64), default="")
+    regional_code: Mapped[str] = mapped_column(String(32), default="", index=True)
+    exam_class: Mapped[str] = mapped_column(String(32), default="", index=True)
+    body_part: Mapped[str] = mapped_column(String(64), default="")
+    normalised_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class RecognitionCheck(Base):
+    """One mutual-recognition check by a HIS, the priors offered and the doctor's decision."""
+
+    __tablename__ = "recognition_checks"
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    check_id: Mapped[str] = mapped_column(String(32), unique=True)
+    patient_id: Mapped[str] = mapped_column(String(64), index=True)
+    hospital_pk: Mapped[int | None] = mapped_column(ForeignKey("hospitals.pk"), nullable=True)
+    exam_code: Mapped[str] = mapped_column(String(64))
+    regional_code: Mapped[str] = mapped_column(String(32), default="")
+    body_part: Mapped[str] = mapped_column(String(64), default="")
+    priors: Mapped[str] = mapped_column(Text, default="[]")  # JSON: the study UIDs offered
+    prior_count: Mapped[int] = mapped_column(Integer, default=0)
+    requested_by: Mapped[str] = mapped_column(String(128), default="")
+    requested_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    decision: Mapped[str] = mapped_column(String(16), default="pending")  # accepted|declined
+    decision_reason: Mapped[str] = mapped_column(Text, default="")
+    accepted_study_uid: Mapped[str] = mapped_column(String(64), default="")
+    decided_by: Mapped[str] = mapped_column(String(128), default="")
+    decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class StudyQuality(Base):
+    """Automatic data-quality scores of a study (0-100 each), recomputed when it changes."""
+
+    __tablename__ = "study_quality"
+
+    study_pk: Mapped[int] = mapped_column(
+        ForeignKey("studies.pk", ondelete="CASCADE"), primary_key=True
+    )
+    completeness: Mapped[float] = mapped_column(Float)
+    timeliness: Mapped[float] = mapped_column(Float)
+    consistency: Mapped[float] = mapped_column(Float)
+    conformance: Mapped[float] = mapped_column(Float)
+    overall: Mapped[float] = mapped_column(Float, index=True)
+    findings: Mapped[str] = mapped_column(Text, default="[]")  # JSON: what lost points, why
+    scored_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class QcPlan(Base):
+    """A QC sampling plan: which studies, what fraction, reviewed by whom."""
+
+    __tablename__ = "qc_plans"
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    criteria: Mapped[str] = mapped_column(Text, default="{}")  # JSON: hospital, modality, dates
+    sample_percent: Mapped[float] = mapped_column(Float)
+    created_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class QcReview(Base):
+    """One sampled study's review: image and report quality grades by a reviewer."""
+
+    __tablename__ = "qc_reviews"
+    __table_args__ = (UniqueConstraint("plan_pk", "study_pk"),)
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    plan_pk: Mapped[int] = mapped_column(ForeignKey("qc_plans.pk", ondelete="CASCADE"))
+    study_pk: Mapped[int] = mapped_column(ForeignKey("studies.pk", ondelete="CASCADE"), index=True)
+    reviewer: Mapped[str] = mapped_column(String(64), default="")
+    state: Mapped[str] = mapped_column(String(16), default="pending", index=True)  # or done
+    image_grade: Mapped[str] = mapped_column(String(8), default="")  # A B C D (甲乙丙丁)
+    report_grade: Mapped[str] = mapped_column(String(8), default="")
+    passed: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    comment: Mapped[str] = mapped_column(Text, default="")
+    sampled_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    reviewed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from sqlalchemy import Select, and_, func, or_, select
+from sqlalchemy import Select, and_, bindparam, func, or_, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from cloud.dataset import check_uid, name_groups
@@ -122,7 +122,11 @@ def _escape_like(text: str) -> str:
 def _wildcard(column: Any, value: str) -> Any:
     if "*" in value or "?" in value:
         pattern = _escape_like(value).replace("*", "%").replace("?", "_")
-        return column.like(pattern, escape="\\")
+        # The pattern is written into the SQL, not sent as a parameter: psycopg prepares a
+        # statement run 5 times on a connection, and PostgreSQL then switches to a generic
+        # plan, where ``LIKE $1`` has no known prefix, so no index (a scan of all patients).
+        inline = bindparam(None, pattern, type_=column.type, literal_execute=True)
+        return column.like(inline, escape="\\")
     return column == value
 
 
@@ -139,8 +143,13 @@ def _range(column: Any, value: str, pattern: re.Pattern[str], what: str) -> Any:
     if low:
         conditions.append(column >= low)
     if high:
-        # a time range end like 1230 must include 123059.99: compare on the given prefix
-        conditions.append(func.substr(column, 1, len(high)) <= high)
+        if what == "date":
+            # Dates are indexed as 8 characters (YYYYMMDD), so a plain comparison is exact
+            # and, unlike substr(), lets the index bound the range at both ends.
+            conditions.append(column <= high)
+        else:
+            # a time range end like 1230 must include 123059.99: compare on the given prefix
+            conditions.append(func.substr(column, 1, len(high)) <= high)
     return and_(*conditions)
 
 
@@ -183,7 +192,9 @@ def _condition(attribute: Attribute, value: str) -> Any:
     return _wildcard(attribute.column, value)
 
 
-def _apply_filters(statement: Select[Any], query: Query) -> Select[Any]:
+def _filters(query: Query) -> list[tuple[Attribute, Any]]:
+    """Each matching key with its condition (universal matching left out)."""
+    conditions = []
     for keyword, value in query.filters.items():
         if value in ("", "*"):
             continue  # universal matching
@@ -191,14 +202,37 @@ def _apply_filters(statement: Select[Any], query: Query) -> Select[Any]:
         if attribute is None or not matchable(keyword, query.level):
             raise InvalidQueryError(f"{keyword} cannot be matched at {query.level} level")
         try:
-            statement = statement.where(_condition(attribute, value))
+            conditions.append((attribute, _condition(attribute, value)))
         except ArchiveError as exc:
             raise InvalidQueryError(exc.detail) from exc
+    return conditions
+
+
+def _apply_filters(
+    statement: Select[Any], query: Query, filters: list[tuple[Attribute, Any]]
+) -> Select[Any]:
+    for attribute, condition in filters:
+        if attribute.kind == "pn" and attribute.level == "patient" and query.level != "patient":
+            condition = _of_matching_patients(condition)
+        statement = statement.where(condition)
     if query.study_instance_uid:
         statement = statement.where(Study.study_instance_uid == query.study_instance_uid)
     if query.series_instance_uid:
         statement = statement.where(Series.series_instance_uid == query.series_instance_uid)
     return statement
+
+
+def _of_matching_patients(condition: Any) -> Any:
+    """Studies of the patients matching ``condition``: a semi-join on the patients' pks.
+
+    Applied to the joined patients row instead, a name condition is a filter checked per
+    study, and for ``ORDER BY study_date DESC LIMIT n`` PostgreSQL walks the study-date index
+    checking each study's patient: the whole archive for a rare name. As a semi-join it weighs
+    the number of matching patients (estimated from the name's statistics): few, it looks up
+    their studies (through the name indexes, migration 0008); many, it keeps the walk, which
+    then stops early.
+    """
+    return Study.patient_pk.in_(select(Patient.pk).where(condition).correlate(None))
 
 
 def _columns_up_to(level: QueryLevel) -> list[Attribute]:
@@ -214,21 +248,30 @@ def search(session: Session, query: Query) -> list[Match]:
     attributes = _columns_up_to(query.level)
     statement: Select[Any] = select(*(a.column for a in attributes), _pk_of(query.level))
     statement = statement.select_from(Patient)
+    filters = _filters(query)
+    in_scope = None
+    if query.scope is not None:
+        # The patient-level keys also narrow the grants the scope looks at (the search
+        # requires them of every patient anyway): a short list instead of every grant.
+        in_scope = query.scope.condition(
+            session.get_bind().dialect.name,
+            [condition for attribute, condition in filters if attribute.level == "patient"],
+        )
     if query.level == "patient":
         # A patient is a result only through a study in scope, never for being in the index.
         studies = select(Study.pk).where(Study.patient_pk == Patient.pk)
-        if query.scope is not None:
-            studies = studies.where(query.scope.condition())
+        if in_scope is not None:
+            studies = studies.where(in_scope)
         statement = statement.where(studies.exists())
     else:
         statement = statement.join(Study, Study.patient_pk == Patient.pk)
-        if query.scope is not None:
-            statement = statement.where(query.scope.condition())
+        if in_scope is not None:
+            statement = statement.where(in_scope)
     if query.level in ("series", "instance"):
         statement = statement.join(Series, Series.study_pk == Study.pk)
     if query.level == "instance":
         statement = statement.join(Instance, Instance.series_pk == Series.pk)
-    statement = _apply_filters(statement, query)
+    statement = _apply_filters(statement, query, filters)
     statement = statement.order_by(*_order(query.level)).offset(query.offset)
     if query.limit is not None:
         statement = statement.limit(query.limit)
@@ -236,7 +279,7 @@ def search(session: Session, query: Query) -> list[Match]:
     matches = [Match({a.keyword: row[i] for i, a in enumerate(attributes)}, None) for row in rows]
     pks = [row[-1] for row in rows]
     if query.level == "patient":
-        _add_patient_aggregates(session, matches, pks, query.scope)
+        _add_patient_aggregates(session, matches, pks, in_scope)
     else:
         _add_aggregates(session, query.level, matches, pks)
     return matches
@@ -281,7 +324,7 @@ def _add_aggregates(session: Session, level: Level, matches: list[Match], pks: l
 
 
 def _add_patient_aggregates(
-    session: Session, matches: list[Match], pks: list[int], scope: StudyScope | None
+    session: Session, matches: list[Match], pks: list[int], in_scope: Any
 ) -> None:
     """Number of Patient Related Studies, counted within the same scope."""
     if not pks:
@@ -291,8 +334,8 @@ def _add_patient_aggregates(
         .where(Study.patient_pk.in_(pks))
         .group_by(Study.patient_pk)
     )
-    if scope is not None:
-        statement = statement.where(scope.condition())
+    if in_scope is not None:
+        statement = statement.where(in_scope)
     counts: dict[int, int] = dict(session.execute(statement).all())
     for match, pk in zip(matches, pks, strict=True):
         match.attributes["NumberOfPatientRelatedStudies"] = counts.get(pk, 0)

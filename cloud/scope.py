@@ -9,11 +9,12 @@ moment of the search, so a revoked or expired grant stops counting at once.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import false, or_, select, true
+from sqlalchemy import any_, false, func, or_, select, true
 
 from cloud.models import Patient, PatientGrant, Study
 
@@ -40,8 +41,19 @@ class StudyScope:
     def of_hospital(cls, hospital_pk: int) -> StudyScope:
         return cls(hospital_pk=hospital_pk)
 
-    def condition(self) -> Any:
-        """A boolean SQL expression over `Study` (patients through subqueries)."""
+    def condition(self, dialect: str = "", patient_conditions: Sequence[Any] = ()) -> Any:
+        """A boolean SQL expression over `Study` (patients through subqueries).
+
+        ``patient_conditions``: conditions on `Patient` the search requires of every result's
+        patient anyway (PatientID, PatientName, ...); they narrow the granted patients to those
+        that can match. With them, on PostgreSQL (``dialect``), the granted patients are an
+        array computed once, when first needed (an InitPlan), not a subquery inside the OR:
+        PostgreSQL charges that subquery to every lookup of a nested loop, so it would rather
+        read every study, or walk them all by date, than look up the few studies of the
+        matching patients. Without them the search starts from the studies (dates,
+        modalities), where the subquery is right: it is hashed once and probed per study,
+        where an array would be searched linearly.
+        """
         if self.everything:
             return true()
         parts: list[Any] = []
@@ -51,10 +63,18 @@ class StudyScope:
                 own = own & (Study.department == self.department)
             parts.append(own)
         if self.granted_to_hospital is not None:
-            granted = select(Patient.pk).where(
-                Patient.patient_id.in_(active_grants(self.granted_to_hospital))
+            granted = (
+                select(Patient.pk)
+                .where(
+                    Patient.patient_id.in_(active_grants(self.granted_to_hospital)),
+                    *patient_conditions,
+                )
+                .correlate(None)  # its own patients, never the search's
             )
-            parts.append(Study.patient_pk.in_(granted))
+            if dialect == "postgresql" and patient_conditions:
+                parts.append(Study.patient_pk == any_(func.array(granted.scalar_subquery())))
+            else:
+                parts.append(Study.patient_pk.in_(granted))
         if self.patient_ids:
             patients = select(Patient.pk).where(Patient.patient_id.in_(sorted(self.patient_ids)))
             parts.append(Study.patient_pk.in_(patients))
