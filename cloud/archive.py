@@ -29,6 +29,7 @@ from cloud.ingest import Ingestor, StoreOutcome, is_sealed_key
 from cloud.lifecycle_jobs import DONE, FAILED, InProcessQueue, JobQueue, JobRunner, Jobs
 from cloud.models import IngestConflict, Instance, InstanceMetadata, Series, Study
 from cloud.query import Match, Query, search
+from cloud.reports import Reports
 from cloud.study_keys import StudyKeys
 from cloud.tiering import COLD, AccessTracker, Progress, Tiering, TieringError
 from cloud.volumes import REFRESH_SECONDS, VolumeSet, table_loader
@@ -123,6 +124,7 @@ class Archive:
         self.users = UserDirectory(self._sessions)
         self.access = AccessPolicy(self._sessions)
         self.audit = AuditLog(self._sessions)
+        self.reports = Reports(self._sessions)
         self.cold_blobs = cold_blobs if cold_blobs is not None else blobs
         self.tiering = Tiering(self._sessions, blobs, self.cold_blobs, self.keys)
         self.access_stats = AccessTracker(self._sessions)
@@ -223,14 +225,17 @@ class Archive:
         expected_study_instance_uid: str | None = None,
         hospital_pk: int | None = None,
     ) -> StoreOutcome:
-        """Ingest one Part-10 object (see `cloud.ingest.Ingestor.store`)."""
-        return self._ingestor.store(
+        """Ingest one Part-10 object (see `cloud.ingest.Ingestor.store`); an SR's report is
+        then taken in (`cloud.reports.Reports.after_store`, which never fails the store)."""
+        outcome = self._ingestor.store(
             data,
             source=source,
             expected_sop_class_uid=expected_sop_class_uid,
             expected_study_instance_uid=expected_study_instance_uid,
             hospital_pk=hospital_pk,
         )
+        self.reports.after_store(data, outcome.sop_class_uid, hospital_pk)
+        return outcome
 
     def delete_study(self, study_instance_uid: str) -> DeletedStudy:
         """Remove a study from the index and its blobs, hot and cold (see `cloud.deletion`)."""

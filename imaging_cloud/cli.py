@@ -21,6 +21,7 @@ from imaging_cloud.access_cli import add_access_admin_commands
 from imaging_cloud.audit_cli import add_audit_commands
 from imaging_cloud.gateway_cli import add_gateway_commands
 from imaging_cloud.lifecycle_cli import add_lifecycle_commands
+from imaging_cloud.seed_region import add_seed_command
 from imaging_cloud.settings import Settings, load_settings, open_archive
 from imaging_cloud.worker import add_worker_command
 
@@ -255,6 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_gateway_commands(commands)
     add_lifecycle_commands(commands)
     add_worker_command(commands)
+    add_seed_command(commands, _add_archive_options, _open_archive)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"

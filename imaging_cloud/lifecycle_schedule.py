@@ -1,8 +1,9 @@
 """The periodic lifecycle pass and the lifecycle jobs a node or worker runs.
 
 Every ``lifecycle_check_seconds`` one pass classifies the studies received since the last one
-(retention), moves series unused for ``cold_after_days`` to the cold tier, and backs the index
-up when a backup is due (hourly with level 3-4 data, daily otherwise). In the embedded default
+(retention), maps their exam codes to the region's, scores the data quality of new and changed
+studies, moves series unused for ``cold_after_days`` to the cold tier, and backs the index up
+when a backup is due (hourly with level 3-4 data, daily otherwise). In the embedded default
 the node runs it; in the production shape one ``imaging-cloud worker`` does, and the API
 processes set ``lifecycle_schedule = false``. A failing step is logged and the next one runs.
 """
@@ -16,8 +17,10 @@ from datetime import timedelta
 from typing import Any
 
 from cloud.archive import Archive
+from cloud.exam_codes import ExamCodes
 from cloud.index_backup import IndexBackups
 from cloud.lifecycle_jobs import Progress
+from cloud.quality import QualityScorer
 from cloud.retention import Retention
 from cloud.scrub import Scrubber
 from imaging_cloud.settings import Settings, index_backup_dir
@@ -49,6 +52,8 @@ class LifecycleSchedule:
         self._archive = archive
         self._settings = settings
         register_lifecycle_jobs(archive, settings)
+        self._quality = QualityScorer(archive, timezone=settings.audit_timezone)
+        self._exam_codes = ExamCodes.of(archive)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._backups = IndexBackups(
@@ -59,6 +64,8 @@ class LifecycleSchedule:
         )
         self._steps: list[tuple[str, Callable[[], Any]]] = [
             ("classify", self._classify),
+            ("exam_codes", lambda: self._exam_codes.normalise_new(limit=2000)),
+            ("quality", lambda: self._quality.score_due(limit=500)),
             ("tier", self._tier),
             ("backup", self._backup),
         ]

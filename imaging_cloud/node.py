@@ -14,6 +14,7 @@ from cloud.archive import Archive
 from cloud.errors import ArchiveError
 from cloud.identity import TokenSigner
 from cloud.monitoring import AlertMonitor, AlertPolicy
+from cloud.quality import QualityScorer
 from collectors.storage_scp import ReceivedObject, Sink, SinkResult, StorageSCP
 from imaging_cloud.audit_cli import install_audit
 from imaging_cloud.dimse_qr import ArchiveQueryRetrieve
@@ -129,6 +130,8 @@ class Node:
             tokens=self.tokens,
             oidc=oidc_config(s),
         )
+        self.app.state.quality_scorer = QualityScorer(self.archive, timezone=s.audit_timezone)
+        self.app.state.statistics_timezone = s.audit_timezone
         self.alerts = AlertMonitor(
             self.archive.sessions,
             AlertPolicy(

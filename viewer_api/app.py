@@ -17,12 +17,16 @@ from viewer_api import (
     admin_api,
     audit_api,
     auth_api,
+    codes_api,
+    dashboard_api,
     export_api,
     gateway_api,
     lifecycle_api,
     patient_api,
     patient_web,
     qido,
+    recognition_api,
+    report_api,
     share_api,
     stow,
     study_admin,
@@ -33,6 +37,7 @@ from viewer_api.deps import ApiSettings
 from viewer_api.oidc import OidcConfig, OidcLogin
 from viewer_api.oidc import router as oidc_router
 from viewer_api.problems import install_problem_handlers
+from viewer_api.quality_api import router as quality_router
 from viewer_api.volume_cache import Volumes, open_volume_cache
 from viewer_api.web import router as web_router
 
@@ -84,10 +89,17 @@ def create_app(
     app.include_router(audit_api.router)
     app.include_router(lifecycle_api.router)
     app.include_router(lifecycle_api.jobs)
+    app.include_router(codes_api.router)
+    app.include_router(recognition_api.router)
+    app.include_router(quality_router)
     app.include_router(web_router)
     for router in (patient_api.router, share_api.router, share_api.workstation):
         app.include_router(router)
     app.include_router(patient_web.router)
+    app.include_router(report_api.router)
+    app.include_router(report_api.pages)
+    app.include_router(dashboard_api.router)
+    app.include_router(dashboard_api.pages)
 
     app.add_middleware(NoStoreForPatients)
 

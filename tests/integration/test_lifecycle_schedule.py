@@ -37,7 +37,13 @@ def test_one_pass_classifies_tiers_and_backs_up(tmp_path: Path, database_url: st
 
         second = schedule.run_once()
 
-        assert second == {"classify": 0, "tier": 0, "backup": "not due"}
+        assert second == {
+            "classify": 0,
+            "exam_codes": 0,
+            "quality": 0,
+            "tier": 0,
+            "backup": "not due",
+        }
     finally:
         archive.close()
 

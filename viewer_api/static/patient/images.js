@@ -2,6 +2,7 @@
 // through the series' images, a row of series buttons, and the report section below.
 
 import { el, frameUrl, getJSON, showImage, studyUrl } from "./api.js";
+import { reportSection } from "./report.js";
 
 const SWIPE_STEP_PX = 24; // finger travel per image
 const PREFETCH = 3; // images fetched ahead in the direction of travel
@@ -15,17 +16,9 @@ function framesOf(series) {
   return frames;
 }
 
-/** The report section: issue 7 brings reports; until then say so plainly. */
-export function reportSection(report) {
-  const body = report
-    ? el("p", { class: "report-text", text: String(report.text || report) })
-    : el("p", { class: "muted", text: "报告暂未出具 Report: not yet available" });
-  return el("section", { class: "report", "aria-label": "Report 报告" },
-    el("h3", { text: "报告 Report" }), body);
-}
-
-/** Fill `container` with the study's images; returns when the first image is asked for. */
-export async function showStudy(container, studyUid, scope, report) {
+/** Fill `container` with the study's images and its report (`report.js`); returns when the
+ * first image is asked for. */
+export async function showStudy(container, studyUid, scope) {
   container.replaceChildren(el("p", { class: "muted", text: "加载中 Loading…" }));
   const study = await getJSON(studyUrl(studyUid));
   const series = study.series.filter((s) => s.instances.length > 0);
@@ -99,7 +92,7 @@ export async function showStudy(container, studyUid, scope, report) {
 
   const heading = el("p", { class: "study-meta",
                             text: `${study.study_description || ""} · ${(study.modalities || []).join("/")}` });
-  container.replaceChildren(heading, chips, stage, slider, reportSection(report));
+  container.replaceChildren(heading, chips, stage, slider, reportSection(studyUid));
   if (series.length) choose(series[0], chips.children[0]);
   else stage.replaceChildren(el("p", { class: "muted", text: "没有图像 No images" }));
   return study;

@@ -134,7 +134,7 @@ async function openStudy(study) {
   $("study-title").textContent = studyLabel(study);
   $("study-share").onclick = () => openShare([study.study_instance_uid]);
   try {
-    await showStudy($("study-body"), study.study_instance_uid, scope, study.report);
+    await showStudy($("study-body"), study.study_instance_uid, scope);
   } catch (err) {
     $("study-body").replaceChildren(el("p", { class: "message error", text: describe(err) }));
   }

@@ -63,7 +63,7 @@ async function choose(study, tab) {
   for (const other of $("shared-tabs").children) {
     other.setAttribute("aria-selected", String(other === tab));
   }
-  await showStudy($("shared-body"), study.study_instance_uid, scope, null);
+  await showStudy($("shared-body"), study.study_instance_uid, scope);
 }
 
 $("password-form").addEventListener("submit", async (event) => {

@@ -196,7 +196,17 @@ async function loadStudy() {
   meta.textContent = [study.patient_id, G.formatDate(study.study_date), study.study_description, study.accession_number ? `Acc ${study.accession_number}` : ""]
     .filter(Boolean)
     .join(" · ");
-  info.append(name, meta);
+  // The report opens on its printable page (/report/<uid>) in a new tab, which inherits this
+  // tab's token (window.open keeps the opener, so sessionStorage is copied).
+  const report = document.createElement("button");
+  report.type = "button";
+  report.id = "open-report";
+  report.className = "report-link";
+  report.textContent = "报告 Report ↗";
+  report.addEventListener("click", () => {
+    window.open(`/report/${encodeURIComponent(study.study_instance_uid)}`, "_blank");
+  });
+  info.append(name, meta, report);
   renderSeriesList();
   if (!app.series.length) {
     showError({ title: "No images 无图像", detail: "the study has no instances to show" });
