@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session
 from cloud.archive import Archive
 from cloud.audit import AuditEntry
 from cloud.errors import ArchiveError
+from cloud.exam_codes import ExamCodes
 from cloud.models import (
     ExamCodeMapping,
     Hospital,
@@ -105,6 +106,7 @@ def seed_region(
         if archive.hospitals.by_id(hospital.hospital_id) is not None:
             raise SeedError(f"hospital {hospital.hospital_id} exists: seed a fresh data dir")
     bar = progress or (lambda _what, _total: progress_bar(False, ""))
+    ExamCodes.of(archive).codes()  # the regional code table from config, as recognition sees it
     pks = _hospitals(archive, plan)
     summary = SeedSummary(list(pks), _accounts(archive, plan, password) if accounts else [])
     study_pks: dict[int, int] = {}
