@@ -61,6 +61,19 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo_region(archive: Archive) -> str:
+    """A small seeded region behind the demo's own hospitals, so the regulator's dashboard
+    has figures (`imaging-cloud seed-region` makes a larger one)."""
+    from imaging_cloud.seed_draw import SeedOptions
+    from imaging_cloud.seed_region import SeedError, seed_region
+
+    try:
+        summary = seed_region(archive, SeedOptions(hospitals=6, studies=80), accounts=False)
+    except SeedError:
+        return "region seeded on an earlier run"
+    return f"{summary.counts['studies']} seeded studies in {len(summary.hospitals)} hospitals"
+
+
 def _demo(args: argparse.Namespace) -> int:
     from imaging_cloud.demo import (
         DEMO_PASSWORD,
@@ -86,6 +99,7 @@ def _demo(args: argparse.Namespace) -> int:
         gateway = start_demo_gateway(node.archive, cloud_url, spool, args.gateway_dicom_port)
         accounts = create_demo_accounts(node.archive)
         studies = load_demo_data(node.archive, samples=args.samples, gateway=gateway)
+        region = _demo_region(node.archive)
         print("\nimaging-cloud demo is running (Ctrl-C to stop)")
         print(f"\nDemo accounts (password {DEMO_PASSWORD!r}; the viewer asks to sign in):")
         for username, role, hospital in accounts:
@@ -94,6 +108,8 @@ def _demo(args: argparse.Namespace) -> int:
             print(f"  {name:9} {url}")
         print(f"  {'gateway':9} DEMOGW@127.0.0.1:{gateway.scp.port} (spool {spool})")
         print(f"  {'hospitals':9} {cloud_url}/api/hospitals")
+        print(f"  {'patients':9} {cloud_url}/patient/")
+        print(f"  {'dashboard':9} {cloud_url}/dashboard/   (demo.regulator; {region})")
         print("\nStudies loaded:")
         for uid, label in studies:
             print(f"  {label}:\n    viewer   {cloud_url}/viewer/?study={uid}")
