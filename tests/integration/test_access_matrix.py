@@ -336,3 +336,52 @@ def test_export_is_de_identified_with_consistent_uids(world: World) -> None:
     )
     with zipfile.ZipFile(io.BytesIO(images.content)) as zipped:
         assert sum(n.endswith(".jpg") for n in zipped.namelist()) == 2
+
+
+@pytest.fixture
+def reported(world: World) -> World:
+    """Every study of the world with a final report (sent by a platform operator: any study;
+    a re-send of the same report changes nothing)."""
+    for study in world.studies.values():
+        world.node.archive.reports.ingest_json(
+            None,
+            {
+                "study_instance_uid": study.uid,
+                "patient_id": study.patient_id,
+                "findings": "双肺纹理清晰。",
+                "impression": "胸部CT平扫未见明显异常。",
+                "status": "final",
+            },
+        )
+    return world
+
+
+@pytest.mark.parametrize("principal", PRINCIPALS)
+@pytest.mark.parametrize("where", STUDIES)
+def test_a_report_is_read_and_cited_exactly_where_the_study_is_viewable(
+    reported: World, principal: str, where: str
+) -> None:
+    uid = reported.studies[where].uid
+    with reported.http(principal) as http:
+        read = http.get(f"/api/studies/{uid}/report")
+        cited = http.post(f"/api/studies/{uid}/report/cite", json={"field": "impression"})
+    if "view_details" in ALLOWED[principal] and where in SCOPE[principal]:
+        assert read.status_code == 200, read.text
+        assert cited.status_code == 201, cited.text
+    else:
+        for refused in (read, cited):
+            assert refused.status_code == 403, refused.text
+            assert refused.headers["content-type"] == PROBLEM
+
+
+@pytest.mark.parametrize("principal", PRINCIPALS)
+def test_regional_statistics_are_for_those_who_view_statistics(
+    world: World, principal: str
+) -> None:
+    with world.http(principal) as http:
+        response = http.get("/api/statistics/summary")
+    if "view_statistics" in ALLOWED[principal]:
+        assert response.status_code == 200, response.text
+        assert all(s.patient_id not in response.text for s in world.studies.values())
+    else:
+        assert response.status_code == 403, response.text
