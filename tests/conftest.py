@@ -33,6 +33,10 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         if os.environ.get("IMAGING_CLOUD_REQUIRE_ORTHANC"):
             pytest.fail("IMAGING_CLOUD_REQUIRE_ORTHANC is set but Orthanc is not installed")
         pytest.skip("Orthanc not installed (apt-get install orthanc orthanc-dicomweb)")
+    if item.get_closest_marker("needs_ffmpeg") and not shutil.which("ffmpeg"):
+        if os.environ.get("IMAGING_CLOUD_REQUIRE_FFMPEG"):
+            pytest.fail("IMAGING_CLOUD_REQUIRE_FFMPEG is set but ffmpeg is not installed")
+        pytest.skip("FFmpeg not installed (apt-get install ffmpeg)")
     if item.get_closest_marker("needs_chromium") and not os.path.exists("/usr/bin/chromium"):
         if os.environ.get("IMAGING_CLOUD_REQUIRE_CHROMIUM"):
             pytest.fail("IMAGING_CLOUD_REQUIRE_CHROMIUM is set but /usr/bin/chromium is missing")
