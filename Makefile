@@ -36,6 +36,7 @@ bench: install
 	$(BIN)/python bench/viewer.py
 	$(BIN)/python bench/access.py
 	$(BIN)/python bench/tiering.py
+	$(BIN)/python bench/video.py
 
 # Long (a 1 M-instance PostgreSQL index; bench/README.md): not part of `make bench`.
 # SCALE_ARGS passes options, e.g. SCALE_ARGS='--studies 10000 --keep-schema'.

@@ -23,6 +23,7 @@ from imaging_cloud.gateway_cli import add_gateway_commands
 from imaging_cloud.lifecycle_cli import add_lifecycle_commands
 from imaging_cloud.seed_region import add_seed_command
 from imaging_cloud.settings import Settings, load_settings, open_archive
+from imaging_cloud.video_cli import add_video_commands
 from imaging_cloud.worker import add_worker_command
 
 
@@ -272,6 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_gateway_commands(commands)
     add_lifecycle_commands(commands)
     add_worker_command(commands)
+    add_video_commands(commands)
     add_seed_command(commands, _add_archive_options, _open_archive)
     args = parser.parse_args(argv)
     logging.basicConfig(
