@@ -18,6 +18,7 @@ from collectors.video_conformance import check
 from collectors.video_probe import VideoError, probe
 from collectors.video_wrap import write
 from imaging_cloud.progress import progress_bar
+from imaging_cloud.video_pip_cli import add_pip_command
 
 EXIT_COMPLIANT, EXIT_NOT_COMPLIANT, EXIT_UNREADABLE = 0, 1, 2
 
@@ -70,6 +71,7 @@ def add_video_commands(commands: Any) -> None:
     """Add `imaging-cloud video check|wrap` to the command's subparsers."""
     video = commands.add_parser("video", help="check and wrap surgical video as DICOM")
     actions = video.add_subparsers(dest="video_command", required=True)
+    add_pip_command(actions)
     chk = actions.add_parser("check", help="conformance report against the surgical-video spec")
     chk.add_argument("file", type=Path)
     chk.add_argument("--json", action="store_true", help="the report as JSON")

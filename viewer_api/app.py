@@ -30,6 +30,7 @@ from viewer_api import (
     share_api,
     stow,
     study_admin,
+    video_api,
     viewer,
     wado,
 )
@@ -73,8 +74,10 @@ def create_app(
     )
     checks = {"index": lambda: _index_ok(archive), **(health_checks or {})}
     install_problem_handlers(app)
-    for router in (qido.router, wado.router, stow.router):
+    # video_api before wado: it answers rendered/thumbnail for video, hands images to wado
+    for router in (qido.router, video_api.router, wado.router, stow.router):
         app.include_router(router, prefix="/dicom-web")
+    app.include_router(video_api.viewer)
     app.include_router(gateway_api.router)
     app.include_router(gateway_api.operators)
     app.include_router(viewer.router)
