@@ -279,7 +279,8 @@ async def _render(
     return Response(image, media_type=media_type, headers={"Cache-Control": cache_control(who)})
 
 
-@router.get(INSTANCE + "/rendered")
+# Not a route of its own: `viewer_api.video_api` serves this path (video as video/mp4) and
+# hands every other instance to this function.
 async def rendered_instance(
     study: str,
     series: str,
@@ -318,7 +319,7 @@ async def rendered_frame(
     )  # fmt: skip
 
 
-@router.get(INSTANCE + "/thumbnail")
+# Served through `viewer_api.video_api` like `rendered_instance`.
 async def instance_thumbnail(
     study: str,
     series: str,
