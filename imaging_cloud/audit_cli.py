@@ -14,7 +14,7 @@ from cloud.audit_anomalies import AnomalyDetector, AnomalyPolicy
 from cloud.audit_export import FORMATS, export_lines, jsonl_line
 from cloud.audit_query import AuditFilter, parse_moment
 from cloud.errors import InvalidQueryError
-from imaging_cloud.progress import progress_bar, show_progress
+from imaging_cloud.progress import add_progress_option, progress_bar, show_progress
 from imaging_cloud.settings import Settings, load_settings, open_archive
 
 # --- wiring --------------------------------------------------------------------------------
@@ -174,12 +174,7 @@ def _add_filters(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_progress(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="progress bar on stderr (default: when stderr is a terminal)",
-    )
+    add_progress_option(parser)
     parser.add_argument("--batch-size", type=int, default=5000, help=argparse.SUPPRESS)
 
 

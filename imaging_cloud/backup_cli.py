@@ -21,9 +21,8 @@ from typing import Any
 
 from cloud.crypto import open_keks
 from cloud.database import sqlite_url
-from cloud.errors import ArchiveError
 from cloud.index_backup import DEFAULT_KEEP, BackupInfo, IndexBackups
-from imaging_cloud.progress import progress_bar, show_progress
+from imaging_cloud.progress import add_progress_option, progress_bar, run_commands, show_progress
 from imaging_cloud.retention_cli import CommandError, OpenArchive, open_archive
 from imaging_cloud.settings import Settings, load_settings
 
@@ -155,12 +154,7 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dir", type=Path, help="backup directory (default <data-dir>/backups/index)"
     )
-    parser.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="progress bar on stderr (default: when stderr is a terminal)",
-    )
+    add_progress_option(parser)
 
 
 def add_backup_commands(commands: Any, *, opener: OpenArchive = open_archive) -> None:
@@ -221,14 +215,7 @@ def add_backup_commands(commands: Any, *, opener: OpenArchive = open_archive) ->
 
 def main(argv: list[str] | None = None) -> int:
     """Run the backup commands on their own: ``python -m imaging_cloud.backup_cli``."""
-    parser = argparse.ArgumentParser(prog="imaging-cloud lifecycle", description=__doc__)
-    add_backup_commands(parser.add_subparsers(dest="lifecycle_command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return int(args.handler(args))
-    except ArchiveError as exc:
-        print(f"imaging-cloud: {exc.title}: {exc.detail}", file=sys.stderr)
-        return 1
+    return run_commands(add_backup_commands, argv, __doc__ or "")
 
 
 if __name__ == "__main__":

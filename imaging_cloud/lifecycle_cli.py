@@ -16,7 +16,7 @@ from typing import Any
 from cloud.archive import Archive
 from cloud.index_backup import IndexBackups
 from imaging_cloud.backup_cli import add_backup_commands
-from imaging_cloud.progress import progress_bar, show_progress
+from imaging_cloud.progress import add_progress_option, progress_bar, show_progress
 from imaging_cloud.retention_cli import add_retention_commands
 from imaging_cloud.scrub_cli import add_scrub_commands
 from imaging_cloud.settings import Settings, index_backup_dir, load_settings, open_archive
@@ -112,12 +112,7 @@ def _archive_options(parser: argparse.ArgumentParser, default: Any) -> None:
 
 
 def _progress_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="progress bar on stderr (default: when stderr is a terminal)",
-    )
+    add_progress_option(parser)
     parser.add_argument("--batch-size", type=int, default=500, help="study keys per transaction")
 
 

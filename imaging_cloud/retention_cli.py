@@ -21,7 +21,7 @@ from cloud.destruction import Destruction
 from cloud.errors import ArchiveError
 from cloud.retention import Actor, DueStudy, Retention
 from cloud.retention_policy import POLICY_FILE, load_policy
-from imaging_cloud.progress import progress_bar, show_progress
+from imaging_cloud.progress import add_progress_option, progress_bar, run_commands, show_progress
 from imaging_cloud.settings import load_settings
 from imaging_cloud.settings import open_archive as open_configured
 
@@ -312,31 +312,15 @@ def add_retention_commands(commands: Any, *, opener: OpenArchive = open_archive)
     destroy.add_argument("--study", action="append", help="only this study (repeatable)")
     destroy.add_argument("--as-of", type=_day, help="dry run only: preview another day")
     destroy.add_argument("--limit", type=int)
-    _progress_option(destroy)
+    add_progress_option(destroy)
 
     verify = add("verify", _verify, "check the destruction records; exit 1 with the problems")
-    _progress_option(verify)
-
-
-def _progress_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="progress bar on stderr (default: when stderr is a terminal)",
-    )
+    add_progress_option(verify)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the retention commands on their own: ``python -m imaging_cloud.retention_cli``."""
-    parser = argparse.ArgumentParser(prog="imaging-cloud lifecycle", description=__doc__)
-    add_retention_commands(parser.add_subparsers(dest="lifecycle_command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return int(args.handler(args))
-    except ArchiveError as exc:
-        print(f"imaging-cloud: {exc.title}: {exc.detail}", file=sys.stderr)
-        return 1
+    return run_commands(add_retention_commands, argv, __doc__ or "")
 
 
 if __name__ == "__main__":

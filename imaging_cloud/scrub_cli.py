@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from cloud.archive import Archive
-from cloud.errors import ArchiveError
 from cloud.scrub import Scrubber
-from imaging_cloud.progress import progress_bar, show_progress
+from imaging_cloud.progress import add_progress_option, progress_bar, run_commands, show_progress
 from imaging_cloud.retention_cli import open_archive
 
 OpenArchive = Callable[[argparse.Namespace], Archive]
@@ -77,12 +76,7 @@ def add_scrub_commands(commands: Any, *, opener: OpenArchive = open_archive) -> 
     )
     scrub.add_argument("--limit", type=_positive, help="check at most N objects")
     scrub.add_argument("--batch-size", type=_positive, default=500, help="index rows per query")
-    scrub.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="progress bar on stderr (default: when stderr is a terminal)",
-    )
+    add_progress_option(scrub)
 
     def run(args: argparse.Namespace) -> int:
         archive = opener(args)
@@ -96,14 +90,7 @@ def add_scrub_commands(commands: Any, *, opener: OpenArchive = open_archive) -> 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the scrub on its own: ``python -m imaging_cloud.scrub_cli``."""
-    parser = argparse.ArgumentParser(prog="imaging-cloud lifecycle", description=__doc__)
-    add_scrub_commands(parser.add_subparsers(dest="lifecycle_command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return int(args.handler(args))
-    except ArchiveError as exc:
-        print(f"imaging-cloud: {exc.title}: {exc.detail}", file=sys.stderr)
-        return 1
+    return run_commands(add_scrub_commands, argv, __doc__ or "")
 
 
 if __name__ == "__main__":

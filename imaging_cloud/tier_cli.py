@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 
 from cloud.archive import Archive
 from cloud.models import Instance, SeriesTier
-from imaging_cloud.progress import progress_bar, show_progress
+from imaging_cloud.progress import add_progress_option, progress_bar, show_progress
 from imaging_cloud.settings import load_settings
 
 OpenArchive = Callable[[argparse.Namespace], Archive]
@@ -125,20 +125,11 @@ def add_tier_commands(commands: Any, *, opener: OpenArchive) -> None:
     )
     tier.add_argument("--limit", type=int, help="at most this many series")
     tier.add_argument("--dry-run", action="store_true", help="list them, move nothing")
-    _progress_option(tier)
+    add_progress_option(tier)
 
     restore = add("restore", _restore, "bring a study's cold series back to the hot tier")
     restore.add_argument("study", help="Study Instance UID")
-    _progress_option(restore)
+    add_progress_option(restore)
 
     tiers = add("tiers", _tiers, "instances per tier and the cold tier's size")
     tiers.add_argument("--json", action="store_true")
-
-
-def _progress_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="progress bar on stderr (default: when stderr is a terminal)",
-    )

@@ -19,7 +19,6 @@ from typing import Any
 
 from cloud.archive import Archive
 from cloud.blobstore import BlobStore
-from cloud.errors import ArchiveError
 from cloud.volumes import (
     REFRESH_SECONDS,
     TIERS,
@@ -31,6 +30,7 @@ from cloud.volumes import (
     set_writable,
     store_urls,
 )
+from imaging_cloud.progress import run_commands
 from imaging_cloud.retention_cli import open_archive
 
 OpenArchive = Callable[[argparse.Namespace], Archive]
@@ -209,14 +209,7 @@ def add_volume_commands(commands: Any, *, opener: OpenArchive = open_archive) ->
 
 def main(argv: list[str] | None = None) -> int:
     """Run the volume commands on their own: ``python -m imaging_cloud.volume_cli``."""
-    parser = argparse.ArgumentParser(prog="imaging-cloud lifecycle", description=__doc__)
-    add_volume_commands(parser.add_subparsers(dest="lifecycle_command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return int(args.handler(args))
-    except ArchiveError as exc:
-        print(f"imaging-cloud: {exc.title}: {exc.detail}", file=sys.stderr)
-        return 1
+    return run_commands(add_volume_commands, argv, __doc__ or "")
 
 
 if __name__ == "__main__":
