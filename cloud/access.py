@@ -17,7 +17,17 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cloud.errors import ArchiveError, InstanceNotFoundError
 from cloud.identity import UserRef, effective_permissions, roles
-from cloud.models import Patient, PatientGrant, ShareLink, ShareLinkStudy, Study
+from cloud.models import (
+    Patient,
+    PatientGrant,
+    ReviewAssignment,
+    ReviewTask,
+    ReviewTaskVideo,
+    ShareLink,
+    ShareLinkStudy,
+    Study,
+    SurgicalVideo,
+)
 from cloud.scope import StudyScope
 
 _OWNER = (
@@ -51,7 +61,7 @@ class Principal:
     role: str
     permissions: frozenset[str]
     phi: bool
-    scope_kind: str  # platform | region | hospital | department | patient | share_link
+    scope_kind: str  # platform | region | hospital | department | review | patient | share_link
     hospital_pk: int | None = None
     hospital_id: str = ""
     department: str = ""
@@ -160,6 +170,8 @@ class AccessPolicy:
             return StudyScope(patient_ids=frozenset({principal.patient_id}))
         if kind == "share_link":
             return StudyScope(study_uids=principal.study_uids)
+        if kind == "review":
+            return StudyScope(study_uids=self.review_studies(principal.name))
         if principal.hospital_pk is None:
             return StudyScope()
         return StudyScope(
@@ -167,6 +179,13 @@ class AccessPolicy:
             department=principal.department if kind == "department" else None,
             granted_to_hospital=principal.hospital_pk,
         )
+
+    def review_studies(self, reviewer: str) -> frozenset[str]:
+        """Studies of the videos in the open review tasks assigned to this expert: an expert
+        panel member reaches those and nothing else, and only while the task is open."""
+        with self._connect() as connection:
+            rows = connection.execute(_REVIEW_STUDIES, {"reviewer": reviewer})
+            return frozenset(row[0] for row in rows)
 
     def has_grant(self, patient_id: str, hospital_pk: int) -> bool:
         """Whether the patient's active grant lets this hospital see their other studies."""
@@ -212,6 +231,16 @@ class AccessPolicy:
         if not admitted:
             raise AccessDeniedError(_out_of_scope(principal))
         return owner
+
+
+_REVIEW_STUDIES = (
+    select(SurgicalVideo.study_instance_uid)
+    .join(ReviewTaskVideo, ReviewTaskVideo.video_pk == SurgicalVideo.pk)
+    .join(ReviewTask, ReviewTask.pk == ReviewTaskVideo.task_pk)
+    .join(ReviewAssignment, ReviewAssignment.task_pk == ReviewTask.pk)
+    .where(ReviewAssignment.reviewer == bindparam("reviewer"), ReviewTask.status == "open")
+    .distinct()
+)
 
 
 def _out_of_scope(principal: Principal) -> str:

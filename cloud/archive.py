@@ -32,6 +32,7 @@ from cloud.query import Match, Query, search
 from cloud.reports import Reports
 from cloud.study_keys import StudyKeys
 from cloud.tiering import COLD, AccessTracker, Progress, Tiering, TieringError
+from cloud.videos import VideoCatalogue
 from cloud.volumes import REFRESH_SECONDS, VolumeSet, table_loader
 
 logger = logging.getLogger(__name__)
@@ -125,6 +126,7 @@ class Archive:
         self.access = AccessPolicy(self._sessions)
         self.audit = AuditLog(self._sessions)
         self.reports = Reports(self._sessions)
+        self.videos = VideoCatalogue(self._sessions)
         self.cold_blobs = cold_blobs if cold_blobs is not None else blobs
         self.tiering = Tiering(self._sessions, blobs, self.cold_blobs, self.keys)
         self.access_stats = AccessTracker(self._sessions)
@@ -226,7 +228,8 @@ class Archive:
         hospital_pk: int | None = None,
     ) -> StoreOutcome:
         """Ingest one Part-10 object (see `cloud.ingest.Ingestor.store`); an SR's report is
-        then taken in (`cloud.reports.Reports.after_store`, which never fails the store)."""
+        then taken in (`cloud.reports.Reports.after_store`) and a video catalogued
+        (`cloud.videos.VideoCatalogue.after_store`); neither ever fails the store."""
         outcome = self._ingestor.store(
             data,
             source=source,
@@ -235,6 +238,7 @@ class Archive:
             hospital_pk=hospital_pk,
         )
         self.reports.after_store(data, outcome.sop_class_uid, hospital_pk)
+        self.videos.after_store(data, outcome.sop_class_uid, hospital_pk)
         return outcome
 
     def delete_study(self, study_instance_uid: str) -> DeletedStudy:

@@ -22,6 +22,8 @@ from cloud.models import (
     Series,
     SeriesTier,
     Study,
+    SurgicalVideo,
+    VideoAnnotation,
 )
 
 
@@ -63,6 +65,20 @@ def delete_study(
         session.execute(delete(Series).where(Series.study_pk == study.pk))
         # Reports are patient data too (their citations go with them, ON DELETE CASCADE).
         session.execute(delete(Report).where(Report.study_instance_uid == study_instance_uid))
+        # Surgical video rows; annotations, review links and viewings go with them (CASCADE).
+        videos = select(SurgicalVideo.pk).where(
+            SurgicalVideo.study_instance_uid == study_instance_uid
+        )
+        voice_notes = set(
+            session.scalars(
+                select(VideoAnnotation.voice_note_key).where(
+                    VideoAnnotation.video_pk.in_(videos), VideoAnnotation.voice_note_key != ""
+                )
+            )
+        )
+        session.execute(
+            delete(SurgicalVideo).where(SurgicalVideo.study_instance_uid == study_instance_uid)
+        )
         session.delete(study)
         session.flush()
         remaining = session.scalar(
@@ -85,6 +101,8 @@ def delete_study(
     # index rows pointing at missing blobs.
     orphaned = keys - still_used
     for key in orphaned:
+        blobs.delete(key)
+    for key in voice_notes:
         blobs.delete(key)
     for key in bundles:  # a series bundle holds this study's objects only
         (cold or blobs).delete(key)

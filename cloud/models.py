@@ -719,3 +719,150 @@ class QcReview(Base):
     comment: Mapped[str] = mapped_column(Text, default="")
     sampled_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     reviewed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+# --- surgical video: catalogue, annotation, expert review, viewings (issue 8) --------------
+
+
+class SurgicalVideo(Base):
+    """One stored DICOM video object, as the video search, annotation and review see it.
+
+    Filled when a video SOP class is stored (`cloud.videos`); the title page fields (procedure,
+    applicant, diagnosis) come from the DICOM attributes and may be corrected over the API.
+    """
+
+    __tablename__ = "surgical_videos"
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID, index=True)
+    series_instance_uid: Mapped[str] = mapped_column(UID)
+    sop_class_uid: Mapped[str] = mapped_column(UID)
+    patient_id: Mapped[str] = mapped_column(String(64), default="", index=True)
+    hospital_pk: Mapped[int | None] = mapped_column(ForeignKey("hospitals.pk"), nullable=True)
+    institution_name: Mapped[str] = mapped_column(String(64), default="")
+    procedure: Mapped[str] = mapped_column(String(128), default="", index=True)
+    diagnosis: Mapped[str] = mapped_column(String(256), default="")
+    surgeon: Mapped[str] = mapped_column(String(128), default="", index=True)
+    applicant: Mapped[str] = mapped_column(String(128), default="", index=True)
+    camera_role: Mapped[str] = mapped_column(String(16), default="")  # panorama|field|endoscope
+    video_class: Mapped[str] = mapped_column(String(32), default="surgical_field_video")
+    operation_date: Mapped[str] = mapped_column(String(8), default="", index=True)  # YYYYMMDD
+    operation_minutes: Mapped[float | None] = mapped_column(Float, nullable=True)
+    duration_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    width: Mapped[int] = mapped_column(Integer, default=0)
+    height: Mapped[int] = mapped_column(Integer, default=0)
+    frame_rate: Mapped[float | None] = mapped_column(Float, nullable=True)
+    transfer_syntax_uid: Mapped[str] = mapped_column(UID, default="")
+    definition: Mapped[str] = mapped_column(String(4), default="HD")  # HD | SD
+    derived_from_uid: Mapped[str] = mapped_column(UID, default="")  # SD copy / PiP source
+    notes: Mapped[str] = mapped_column(Text, default="")  # free text for search
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+
+
+class VideoAnnotation(Base):
+    """A phase or key step of a recording, with times in seconds from the video's start."""
+
+    __tablename__ = "video_annotations"
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    video_pk: Mapped[int] = mapped_column(
+        ForeignKey("surgical_videos.pk", ondelete="CASCADE"), index=True
+    )
+    kind: Mapped[str] = mapped_column(String(8))  # phase | step
+    start_s: Mapped[float] = mapped_column(Float)
+    end_s: Mapped[float] = mapped_column(Float)
+    label: Mapped[str] = mapped_column(String(128))
+    tissue: Mapped[str] = mapped_column(String(128), default="")
+    instrument: Mapped[str] = mapped_column(String(128), default="")
+    action: Mapped[str] = mapped_column(String(128), default="")
+    compliance: Mapped[str] = mapped_column(Text, default="")
+    note: Mapped[str] = mapped_column(Text, default="")
+    voice_note_key: Mapped[str] = mapped_column(String(128), default="")  # blob key
+    voice_note_type: Mapped[str] = mapped_column(String(64), default="")
+    author: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ReviewTask(Base):
+    """An expert panel's review of one applicant's surgical videos, with its scoring form."""
+
+    __tablename__ = "review_tasks"
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    title: Mapped[str] = mapped_column(String(256))
+    applicant: Mapped[str] = mapped_column(String(128), index=True)
+    hospital_pk: Mapped[int | None] = mapped_column(ForeignKey("hospitals.pk"), nullable=True)
+    form: Mapped[str] = mapped_column(Text)  # JSON: {"criteria": [{"key","label","max"}], ...}
+    status: Mapped[str] = mapped_column(String(16), default="open")  # open | closed
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    due_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class ReviewTaskVideo(Base):
+    __tablename__ = "review_task_videos"
+    __table_args__ = (UniqueConstraint("task_pk", "video_pk"),)
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    task_pk: Mapped[int] = mapped_column(ForeignKey("review_tasks.pk", ondelete="CASCADE"))
+    video_pk: Mapped[int] = mapped_column(
+        ForeignKey("surgical_videos.pk", ondelete="CASCADE"), index=True
+    )
+
+
+class ReviewAssignment(Base):
+    """One expert on one task, and their scores once submitted."""
+
+    __tablename__ = "review_assignments"
+    __table_args__ = (UniqueConstraint("task_pk", "reviewer"),)
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    task_pk: Mapped[int] = mapped_column(ForeignKey("review_tasks.pk", ondelete="CASCADE"))
+    reviewer: Mapped[str] = mapped_column(String(128), index=True)  # username
+    assigned_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    scores: Mapped[str] = mapped_column(Text, default="")  # JSON {criterion key: points}
+    total: Mapped[float | None] = mapped_column(Float, nullable=True)
+    recommendation: Mapped[str] = mapped_column(String(16), default="")  # pass | fail | ""
+    comment: Mapped[str] = mapped_column(Text, default="")
+    submitted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class ReviewComment(Base):
+    """A reviewer's remark on a task, optionally at a moment of one of its videos."""
+
+    __tablename__ = "review_comments"
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    task_pk: Mapped[int] = mapped_column(
+        ForeignKey("review_tasks.pk", ondelete="CASCADE"), index=True
+    )
+    video_pk: Mapped[int | None] = mapped_column(
+        ForeignKey("surgical_videos.pk", ondelete="CASCADE"), nullable=True
+    )
+    at_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    author: Mapped[str] = mapped_column(String(128))
+    text: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class VideoViewing(Base):
+    """One viewing of a video: who, from which organisation, from when to when."""
+
+    __tablename__ = "video_viewings"
+
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    viewing_id: Mapped[str] = mapped_column(String(32), unique=True)
+    video_pk: Mapped[int] = mapped_column(
+        ForeignKey("surgical_videos.pk", ondelete="CASCADE"), index=True
+    )
+    task_pk: Mapped[int | None] = mapped_column(
+        ForeignKey("review_tasks.pk", ondelete="SET NULL"), nullable=True
+    )
+    viewer: Mapped[str] = mapped_column(String(128), index=True)
+    viewer_kind: Mapped[str] = mapped_column(String(16))  # user | patient | share_link
+    organisation: Mapped[str] = mapped_column(String(128), default="")
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    duration_s: Mapped[float | None] = mapped_column(Float, nullable=True)

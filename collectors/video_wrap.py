@@ -39,6 +39,12 @@ UID_ROOT = "1.2.826.0.1.3680043.10.1370."  # the project's root (imaging_cloud.s
 VIDEO_ENDOSCOPIC = UID("1.2.840.10008.5.1.4.1.1.77.1.1.1")
 VIDEO_PHOTOGRAPHIC = UID("1.2.840.10008.5.1.4.1.1.77.1.4.1")
 CAMERA_ROLES = ("panorama", "field", "endoscope")
+VIDEO_CLASSES = {"field": "surgical_field_video", "safety": "safety_video"}
+# The private block the cloud's video catalogue reads (cloud.videos): what DICOM has no
+# attribute for. Collectors may not import cloud, so the two constants are kept in step by
+# tests/unit/test_video_catalogue.py.
+PRIVATE_CREATOR = "IMAGING_CLOUD VIDEO"
+PRIVATE_GROUP = 0x0013
 FRAME_TIME_TAG = 0x00181063
 _CHUNK = 8 * 1024 * 1024
 
@@ -53,14 +59,18 @@ def _text(sidecar: dict[str, Any], key: str, limit: int = 64) -> str:
     return text[:limit]
 
 
-def _start(sidecar: dict[str, Any]) -> dt.datetime:
-    raw = sidecar.get("start") or sidecar.get("start_time")
+def _moment(sidecar: dict[str, Any], key: str) -> dt.datetime | None:
+    raw = sidecar.get(key)
     if not raw:
-        return dt.datetime.now()
+        return None
     try:
         return dt.datetime.fromisoformat(str(raw))
     except ValueError as exc:
-        raise VideoError(f"sidecar 'start' is not an ISO date-time: {raw!r}") from exc
+        raise VideoError(f"sidecar {key!r} is not an ISO date-time: {raw!r}") from exc
+
+
+def _start(sidecar: dict[str, Any]) -> dt.datetime:
+    return _moment(sidecar, "start") or _moment(sidecar, "start_time") or dt.datetime.now()
 
 
 def validate_sidecar(sidecar: dict[str, Any]) -> dict[str, Any]:
@@ -74,7 +84,12 @@ def validate_sidecar(sidecar: dict[str, Any]) -> dict[str, Any]:
         raise VideoError(f"camera_role must be one of {', '.join(CAMERA_ROLES)}, not {role!r}")
     if sidecar.get("sex") not in (None, "", "M", "F", "O"):
         raise VideoError("sex must be M, F or O")
+    if sidecar.get("video_class", "field") not in VIDEO_CLASSES:
+        raise VideoError(f"video_class must be one of {', '.join(VIDEO_CLASSES)}")
     _start(sidecar)
+    begun, ended = _moment(sidecar, "operation_start"), _moment(sidecar, "operation_end")
+    if begun and ended and ended <= begun:
+        raise VideoError("operation_end must be after operation_start")
     return sidecar
 
 
@@ -101,15 +116,30 @@ def _header(facts: VideoFacts, sidecar: dict[str, Any], ts_uid: str) -> Dataset:
     ds.StudyID = ""
     ds.AccessionNumber = _text(sidecar, "accession_number", 16)
     ds.StudyDescription = _text(sidecar, "procedure")
+    ds.AdmittingDiagnosesDescription = _text(sidecar, "diagnosis")
     # General Series
     ds.Modality = "ES" if endoscope else "XC"
     ds.SeriesInstanceUID = generate_uid(UID_ROOT)
     ds.SeriesNumber = 1
-    ds.SeriesDescription = f"{role} camera"
+    video_class = sidecar.get("video_class", "field")
+    # The retention policy knows a safety recording by its Series Description.
+    ds.SeriesDescription = f"{'safety video, ' if video_class == 'safety' else ''}{role} camera"
     ds.PerformingPhysicianName = _text(sidecar, "surgeon")
     ds.PerformedProcedureStepDescription = _text(sidecar, "procedure")
+    begun, ended = _moment(sidecar, "operation_start"), _moment(sidecar, "operation_end")
+    if begun:
+        ds.PerformedProcedureStepStartDate = begun.strftime("%Y%m%d")
+        ds.PerformedProcedureStepStartTime = begun.strftime("%H%M%S")
+    if ended:
+        ds.PerformedProcedureStepEndDate = ended.strftime("%Y%m%d")
+        ds.PerformedProcedureStepEndTime = ended.strftime("%H%M%S")
     # General Equipment
     ds.Manufacturer = _text(sidecar, "manufacturer") or "imaging-cloud video intake"
+    ds.InstitutionName = _text(sidecar, "hospital")
+    block = ds.private_block(PRIVATE_GROUP, PRIVATE_CREATOR, create=True)
+    block.add_new(0x01, "LO", _text(sidecar, "applicant") or _text(sidecar, "surgeon"))
+    block.add_new(0x02, "CS", role.upper())
+    block.add_new(0x03, "CS", VIDEO_CLASSES[video_class].upper())
     # General Image / Acquisition, VL Image
     ds.InstanceNumber = 1
     ds.ContentDate = ds.StudyDate
@@ -196,8 +226,9 @@ def wrap(mp4_path: str | Path, sidecar: dict[str, Any]) -> Dataset:
         An MP4 (or MOV / MPEG-TS) file with H.264 or HEVC video.
     sidecar
         patient_id (required), patient_name, birth_date, sex, accession_number,
-        study_instance_uid, procedure, surgeon, camera_role (panorama, field, endoscope),
-        start (ISO date-time).
+        study_instance_uid, procedure, diagnosis, surgeon, applicant, hospital,
+        camera_role (panorama, field, endoscope), video_class (field, safety),
+        start, operation_start, operation_end (ISO date-times).
 
     Raises
     ------

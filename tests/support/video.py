@@ -2,22 +2,20 @@
 objects around them.
 
 Provenance: every file is generated here from FFmpeg's ``lavfi`` sources (``color``,
-``testsrc2``, ``sine``); nothing is read from the network. `video_dataset` is a stand-in for
-``collectors.video_wrap.wrap`` (built in parallel) and can be switched to it later: it puts the
-MP4 bytes, unchanged, into one encapsulated Pixel Data fragment (PS3.5 A.4.13, MPEG-4 AVC/H.264
-High Profile / Level 4.1, transfer syntax 1.2.840.10008.1.2.4.102).
+``testsrc2``, ``sine``); nothing is read from the network. `video_dataset` wraps them with the
+product's own ``collectors.video_wrap.wrap``: the MP4 bytes, unchanged, in one encapsulated
+Pixel Data fragment (PS3.5 8.2.8), in the MPEG-4 AVC/HEVC transfer syntax the stream fits.
 """
 
 from __future__ import annotations
 
 import subprocess
-from datetime import UTC, datetime
 from pathlib import Path
 
 from pydicom.dataset import Dataset
-from pydicom.encaps import encapsulate
-from pydicom.uid import UID, generate_uid
+from pydicom.uid import UID
 
+from collectors.video_wrap import wrap
 from imaging_cloud.synthetic import to_part10
 
 VIDEO_PHOTOGRAPHIC = "1.2.840.10008.5.1.4.1.1.77.1.4.1"
@@ -79,47 +77,33 @@ def video_dataset(
     sop_uid: str | None = None,
     sop_class_uid: str = VIDEO_PHOTOGRAPHIC,
     department: str = "",
+    **sidecar: str,
 ) -> Dataset:
-    """A minimal Video Photographic (or Endoscopic) Image object holding ``mp4`` unchanged."""
-    width, height, frames, frame_time = probe(mp4)
-    now = datetime.now(UTC)
-    ds = Dataset()
-    ds.SOPClassUID = UID(sop_class_uid)
-    ds.SOPInstanceUID = UID(sop_uid or generate_uid())
-    ds.StudyInstanceUID = UID(study_uid or generate_uid())
-    ds.SeriesInstanceUID = UID(series_uid or generate_uid())
-    ds.PatientID = patient_id
-    ds.PatientName = f"Video^{patient_id}"
-    ds.PatientBirthDate = "19700101"
-    ds.PatientSex = "O"
-    ds.StudyDate = ds.ContentDate = now.strftime("%Y%m%d")
-    ds.StudyTime = ds.ContentTime = now.strftime("%H%M%S")
-    ds.AccessionNumber = "VID1"
-    ds.StudyID = "1"
-    ds.ReferringPhysicianName = ""
-    ds.Modality = "XC" if sop_class_uid == VIDEO_PHOTOGRAPHIC else "ES"
-    ds.SeriesNumber = 1
-    ds.InstanceNumber = 1
+    """``mp4`` wrapped by `collectors.video_wrap.wrap` (unchanged bytes, one fragment), with
+    the identifiers a test asks for. Further keyword arguments go into the sidecar
+    (procedure, diagnosis, surgeon, applicant, hospital, video_class, operation_start, ...)."""
+    role = "endoscope" if sop_class_uid == VIDEO_ENDOSCOPIC else sidecar.pop("camera_role", "field")
+    fields = {
+        "patient_id": patient_id,
+        "patient_name": f"Video^{patient_id}",
+        "birth_date": "19700101",
+        "sex": "O",
+        "accession_number": "VID1",
+        "camera_role": role,
+        **sidecar,
+    }
+    if study_uid:
+        fields["study_instance_uid"] = study_uid
+    ds = wrap(mp4, fields)
+    if series_uid:
+        ds.SeriesInstanceUID = UID(series_uid)
+    if sop_uid:
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = UID(sop_uid)
     ds.InstitutionalDepartmentName = department
-    ds.ImageType = ["ORIGINAL", "PRIMARY"]
-    ds.Manufacturer = "imaging-cloud tests"
-    ds.SamplesPerPixel = 3
-    ds.PhotometricInterpretation = "YBR_PARTIAL_420"
-    ds.PlanarConfiguration = 0
-    ds.Rows, ds.Columns = height, width
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
-    ds.PixelRepresentation = 0
-    ds.NumberOfFrames = frames
-    ds.FrameIncrementPointer = 0x00181063  # Frame Time
-    ds.FrameTime = round(frame_time, 3)
-    ds.CineRate = round(1000.0 / frame_time)
-    ds.LossyImageCompression = "01"
-    ds.PixelData = encapsulate([mp4.read_bytes()], has_bot=False)  # PS3.5 8.2.8: empty BOT
-    ds["PixelData"].VR = "OB"
-    ds["PixelData"].is_undefined_length = True
     return ds
 
 
 def video_part10(mp4: Path, **fields: str) -> bytes:
-    """`video_dataset` as Part-10 bytes in the MPEG-4 AVC transfer syntax."""
-    return to_part10(video_dataset(mp4, **fields), MPEG4_AVC_HP41)
+    """`video_dataset` as Part-10 bytes (the transfer syntax the wrapper chose)."""
+    ds = video_dataset(mp4, **fields)
+    return to_part10(ds, str(ds.file_meta.TransferSyntaxUID))
