@@ -19,6 +19,7 @@ from collectors.video_probe import VideoError, probe
 from collectors.video_wrap import write
 from imaging_cloud.progress import progress_bar
 from imaging_cloud.video_pip_cli import add_pip_command
+from imaging_cloud.video_processing_cli import add_processing_commands
 
 EXIT_COMPLIANT, EXIT_NOT_COMPLIANT, EXIT_UNREADABLE = 0, 1, 2
 
@@ -72,6 +73,7 @@ def add_video_commands(commands: Any) -> None:
     video = commands.add_parser("video", help="check and wrap surgical video as DICOM")
     actions = video.add_subparsers(dest="video_command", required=True)
     add_pip_command(actions)
+    add_processing_commands(actions)
     chk = actions.add_parser("check", help="conformance report against the surgical-video spec")
     chk.add_argument("file", type=Path)
     chk.add_argument("--json", action="store_true", help="the report as JSON")

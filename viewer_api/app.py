@@ -31,6 +31,11 @@ from viewer_api import (
     stow,
     study_admin,
     video_api,
+    video_catalogue_api,
+    video_export_api,
+    video_intake_api,
+    video_pages,
+    video_review_api,
     viewer,
     wado,
 )
@@ -103,6 +108,16 @@ def create_app(
     app.include_router(report_api.pages)
     app.include_router(dashboard_api.router)
     app.include_router(dashboard_api.pages)
+    # surgical video (issue 8): each module has a `router` (API) and `pages` (web pages)
+    for module in (
+        video_catalogue_api,
+        video_review_api,
+        video_export_api,
+        video_intake_api,
+        video_pages,
+    ):
+        app.include_router(module.router)
+        app.include_router(module.pages)
 
     app.add_middleware(NoStoreForPatients)
 

@@ -1,0 +1,8 @@
+"""Teaching export of surgical video (issue 8) (routes)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter()
+pages = APIRouter()

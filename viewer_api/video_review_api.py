@@ -1,0 +1,8 @@
+"""Expert review of surgical videos and viewing records (issue 8) (routes)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter()
+pages = APIRouter()
