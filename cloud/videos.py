@@ -45,6 +45,7 @@ PRIVATE_GROUP = 0x0013
 # element offsets inside the private block
 APPLICANT, CAMERA_ROLE, VIDEO_CLASS = 0x01, 0x02, 0x03
 CAMERA_ROLES = ("panorama", "field", "endoscope")
+CLASS_CODES = {"FIELD": "surgical_field_video", "SAFETY": "safety_video"}  # retention classes
 
 
 @dataclass(frozen=True)
@@ -109,7 +110,7 @@ def read_header(ds: Dataset) -> VideoHeader:
     description = str(ds.get("SeriesDescription", "") or "")
     if role not in CAMERA_ROLES:
         role = next((r for r in CAMERA_ROLES if r in description.lower()), "")
-    video_class = _private(ds, VIDEO_CLASS).lower()
+    video_class = CLASS_CODES.get(_private(ds, VIDEO_CLASS).upper(), "")
     if not video_class:
         facts = SeriesFacts(
             str(ds.get("SeriesInstanceUID", "")),

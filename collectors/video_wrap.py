@@ -139,7 +139,7 @@ def _header(facts: VideoFacts, sidecar: dict[str, Any], ts_uid: str) -> Dataset:
     block = ds.private_block(PRIVATE_GROUP, PRIVATE_CREATOR, create=True)
     block.add_new(0x01, "LO", _text(sidecar, "applicant") or _text(sidecar, "surgeon"))
     block.add_new(0x02, "CS", role.upper())
-    block.add_new(0x03, "CS", VIDEO_CLASSES[video_class].upper())
+    block.add_new(0x03, "CS", video_class.upper())  # FIELD | SAFETY (CS: 16 chars)
     # General Image / Acquisition, VL Image
     ds.InstanceNumber = 1
     ds.ContentDate = ds.StudyDate
