@@ -5,6 +5,14 @@ Two routes, both handing every object to the sink as the exact bytes received:
 * ``POST /studies`` — STOW-RS: ``multipart/related; type="application/dicom"``, one object a part;
 * ``POST /instances`` — one ``application/dicom`` body, for senders that cannot do multipart.
 
+and one for operating-room recordings (when the gateway gives a work directory):
+
+* ``POST /videos`` — ``multipart/form-data`` with parts ``file`` (the MP4/MOV) and ``sidecar``
+  (JSON, `collectors.video_wrap` fields). The upload is streamed to a file, prepared
+  (`collectors.video_intake.prepare`: checked, transcoded only when it must be, wrapped) and
+  the DICOM object handed to the same sink: 201 with the UIDs and the conformance report,
+  or problem+json (400 unusable video or form, 413, 415 not MP4/MOV, 422 bad sidecar).
+
 The answer is STOW-RS's: 200 when every object was stored, 202 when some failed, 409 when
 none was stored, with a DICOM JSON body listing referenced (0008,1199) and failed
 (0008,1198) SOP instances; a failure's reason (0008,1197) is the sink's status, so a sender
@@ -18,8 +26,10 @@ import hmac
 import io
 import json
 import logging
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pydicom
@@ -31,6 +41,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from collectors.intake import CANNOT_UNDERSTAND, UNEXPECTED_FAILURE, IntakeSink, SinkResult
 from collectors.multipart import MultipartError, parse_media_type, split_multipart
+from collectors.video_intake import (
+    PreparedVideo,
+    SidecarError,
+    UploadSpool,
+    load_sidecar,
+    prepare,
+    receive_upload,
+)
+from collectors.video_probe import VideoError
 
 logger = logging.getLogger(__name__)
 
@@ -64,11 +83,18 @@ class _Received:
     data: bytes
 
 
-def create_push_app(sink: IntakeSink, *, credential: str | None, max_body_bytes: int) -> FastAPI:
+def create_push_app(
+    sink: IntakeSink,
+    *,
+    credential: str | None,
+    max_body_bytes: int,
+    video_workdir: Path | None = None,
+) -> FastAPI:
     """The receiver as an ASGI app; serve it with uvicorn on the gateway's push port.
 
     ``credential``: when set, every request needs ``Authorization: Bearer <credential>``.
     ``max_body_bytes``: larger bodies are refused with 413, counted while reading.
+    ``video_workdir``: where ``POST /videos`` spools and wraps recordings (no route without).
     """
     if credential is not None and not credential:
         raise ValueError("credential must be None (no authentication) or a non-empty secret")
@@ -112,7 +138,76 @@ def create_push_app(sink: IntakeSink, *, credential: str | None, max_body_bytes:
             raise PushProblem(400, "Empty body", "the request carries no DICOM object")
         return await _hand_over(sink, [_Received(DICOM, _with_preamble(body))], _origin(request))
 
+    if video_workdir is not None:
+        workdir = video_workdir
+
+        @app.post("/videos")
+        async def store_video(request: Request) -> Response:
+            _authorize(request, expected)
+            declared = request.headers.get("content-length")
+            if declared is not None and (not declared.isdigit() or int(declared) > max_body_bytes):
+                raise PushProblem(413, "Request too large", f"limited to {max_body_bytes} bytes")
+            upload_dir = workdir / f"upload-{uuid.uuid4().hex}"
+            try:
+                upload = await receive_upload(
+                    request.stream(),
+                    request.headers.get("content-type", ""),
+                    upload_dir,
+                    max_body_bytes,
+                )
+                try:
+                    return await run_in_threadpool(
+                        _store_video, sink, upload, upload_dir, _origin(request)
+                    )
+                finally:
+                    upload.close()
+            except VideoError as exc:
+                raise PushProblem(exc.http_status, exc.title, exc.detail) from exc
+            finally:
+                _remove_dir(upload_dir)
+
     return app
+
+
+def _store_video(sink: IntakeSink, upload: UploadSpool, workdir: Path, origin: str) -> Response:
+    """Prepare an uploaded recording and hand the DICOM object to the sink (worker thread)."""
+    if upload.sidecar is None:
+        raise SidecarError("the upload has no 'sidecar' part")
+    sidecar = load_sidecar(upload.sidecar)
+    assert upload.video_path is not None and upload.file_name is not None
+    prepared: PreparedVideo = prepare(
+        upload.video_path, sidecar, workdir, display_name=upload.file_name
+    )
+    try:
+        result = _call_sink(sink, prepared.read_bytes(), f"{origin}/{upload.file_name}")
+    finally:
+        prepared.discard()
+    if result.status != 0:
+        status = 503 if result.status & 0xFF00 == 0xA700 else 422
+        raise PushProblem(
+            status,
+            "Not stored",
+            f"the gateway did not keep the video: 0x{result.status:04X} {result.error_comment}",
+        )
+    header = prepared.header
+    body = {
+        "studyInstanceUid": str(header.StudyInstanceUID),
+        "seriesInstanceUid": str(header.SeriesInstanceUID),
+        "sopInstanceUid": str(header.SOPInstanceUID),
+        "sopClassUid": str(header.SOPClassUID),
+        "transferSyntaxUid": prepared.transfer_syntax_uid,
+        "transcoded": prepared.transcoded,
+        "conformance": prepared.report,
+    }
+    return JSONResponse(body, status_code=201)
+
+
+def _remove_dir(path: Path) -> None:
+    if not path.exists():
+        return
+    for child in path.iterdir():
+        child.unlink(missing_ok=True)
+    path.rmdir()
 
 
 def _authorize(request: Request, expected: bytes | None) -> None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SOURCE_KINDS = ("qr", "folder", "ftp", "sftp", "dicomweb", "http_push")
+SOURCE_KINDS = ("qr", "folder", "ftp", "sftp", "dicomweb", "http_push", "video_folder")
 
 
 class GatewayConfigError(ValueError):

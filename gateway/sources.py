@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
@@ -54,11 +55,24 @@ def build_collector(gateway: Gateway, entry: dict[str, Any]) -> Any:
         from collectors.dicomweb_pull import puller_from_config as dicomweb_puller
 
         return dicomweb_puller(entry, sink, wanted=gateway.wanted)
+    if kind == "video_folder":
+        from collectors.video_folder import video_folder_from_config
+
+        return video_folder_from_config(
+            entry, sink, workdir=video_workdir(gateway), calling_ae=gateway.config.ae_title
+        )
     from collectors.polling_config import collector_from_config
 
     state_dir = gateway.spool.root / "collector-state"
     state_dir.mkdir(exist_ok=True)
     return collector_from_config(entry, sink, state_dir)
+
+
+def video_workdir(gateway: Gateway) -> Path:
+    """Where recordings are transcoded and wrapped before the spool takes them."""
+    workdir = gateway.spool.root / "video-work"
+    workdir.mkdir(exist_ok=True)
+    return workdir
 
 
 def _start_http_push(gateway: Gateway, entry: dict[str, Any], spawn: Spawn, name: str) -> int:
@@ -68,6 +82,7 @@ def _start_http_push(gateway: Gateway, entry: dict[str, Any], spawn: Spawn, name
         gateway.accept,
         credential=entry.get("credential") or None,
         max_body_bytes=int(entry.get("max_body_bytes", 2 * 1024**3)),
+        video_workdir=video_workdir(gateway),
     )
     port = int(entry.get("port", 8090))
     server = uvicorn.Server(
