@@ -52,6 +52,10 @@ class InvalidReportError(ArchiveError):
     title = "Invalid report"
 
 
+class NotAReportError(InvalidReportError):
+    """An SR that is not a diagnostic report by design (e.g. surgical video annotations)."""
+
+
 @dataclass(frozen=True)
 class ReportFields:
     """The content of one report version, normalised."""

@@ -21,7 +21,13 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from cloud.dataset import with_part10_header
-from cloud.report_fields import InvalidReportError, ReportFields, display_name, fit
+from cloud.report_fields import (
+    InvalidReportError,
+    NotAReportError,
+    ReportFields,
+    display_name,
+    fit,
+)
 
 BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
 ENHANCED_SR = "1.2.840.10008.5.1.4.1.1.88.22"
@@ -62,6 +68,10 @@ IMPRESSION_MEANINGS = frozenset(
 PERSON_OBSERVER_NAME = ("DCM", "121008")
 
 
+# Document titles of SRs this archive writes itself that are not reports (cloud.video_sr).
+NOT_REPORTS = frozenset({("99IMGCLOUD", "VIDANN")})
+
+
 def read_sr(part10: bytes) -> tuple[ReportFields, str]:
     """The report an SR object carries, and the object's SOP Instance UID;
     `InvalidReportError` if it is not an SR we can read."""
@@ -74,6 +84,8 @@ def read_sr(part10: bytes) -> tuple[ReportFields, str]:
     sop_class = str(ds.get("SOPClassUID", ""))
     if sop_class not in SR_SOP_CLASSES:
         raise InvalidReportError(f"SOP class {sop_class or '(none)'} is not a text SR")
+    if _code(_first(ds, "ConceptNameCodeSequence")) in NOT_REPORTS:
+        raise NotAReportError("a surgical video annotation SR is not a diagnostic report")
     parts: dict[str, list[str]] = {"findings": [], "impression": []}
     observers: list[str] = []
     _walk(ds.get("ContentSequence", []), None, parts, observers)

@@ -29,6 +29,7 @@ from cloud.errors import ArchiveError, BackendUnavailableError, InstanceNotFound
 from cloud.models import Hospital, Patient, Report, Series, Study
 from cloud.report_citations import Citation, Citer
 from cloud.report_fields import (
+    NotAReportError,
     ReportFields,
     dicom_age,
     display_name,
@@ -131,6 +132,8 @@ class Reports:
             return
         try:
             view = self.ingest_sr(part10, hospital_pk)
+        except NotAReportError:
+            return  # archived like any object; not a report, by design
         except Exception as exc:
             with self._lock:
                 self.sr_failures += 1

@@ -48,6 +48,9 @@ class RetentionClass:
     years: int
     minimum_years: int
     years_by_level: Mapping[int, int]
+    # Video classes: the HD recording is replaced by a standard-definition copy this many days
+    # after the operation (`cloud.video_derivatives`); None = kept as recorded.
+    downgrade_to_sd_after_days: int | None = None
 
     def years_at(self, level: int) -> int:
         return max(self.years, self.years_by_level.get(level, self.years))
@@ -345,7 +348,14 @@ def _retention_class(name: str, entry: Mapping[str, Any]) -> RetentionClass:
         raise PolicyError(f"retention.{name}: years {years} is below minimum_years {minimum}")
     if any(level not in LEVELS or value < years for level, value in by_level.items()):
         raise PolicyError(f"retention.{name}: years_by_level may only lengthen, for levels 1..5")
-    return RetentionClass(name, str(entry.get("label", name)), years, minimum, by_level)
+    downgrade = entry.get("downgrade_to_sd_after_days")
+    if downgrade is not None and (
+        isinstance(downgrade, bool) or not isinstance(downgrade, int) or downgrade < 1
+    ):
+        raise PolicyError(
+            f"retention.{name}: downgrade_to_sd_after_days must be a whole number >= 1"
+        )
+    return RetentionClass(name, str(entry.get("label", name)), years, minimum, by_level, downgrade)
 
 
 def _rule(entry: Mapping[str, Any], name: str) -> Rule:

@@ -2,7 +2,9 @@
 
 Every ``lifecycle_check_seconds`` one pass classifies the studies received since the last one
 (retention), maps their exam codes to the region's, scores the data quality of new and changed
-studies, moves series unused for ``cold_after_days`` to the cold tier, and backs the index up
+studies, moves series unused for ``cold_after_days`` to the cold tier, replaces HD surgical
+recordings by SD copies once their class's ``downgrade_to_sd_after_days`` has passed (at most
+`VIDEO_DOWNGRADES_PER_PASS` a pass: each is a re-encoding), and backs the index up
 when a backup is due (hourly with level 3-4 data, daily otherwise). In the embedded default
 the node runs it; in the production shape one ``imaging-cloud worker`` does, and the API
 processes set ``lifecycle_schedule = false``. A failing step is logged and the next one runs.
@@ -23,9 +25,12 @@ from cloud.lifecycle_jobs import Progress
 from cloud.quality import QualityScorer
 from cloud.retention import Retention
 from cloud.scrub import Scrubber
+from cloud.video_derivatives import downgrade_due
 from imaging_cloud.settings import Settings, index_backup_dir
+from imaging_cloud.video_processing_cli import make_sd_copy
 
 logger = logging.getLogger(__name__)
+VIDEO_DOWNGRADES_PER_PASS = 5
 
 
 def register_lifecycle_jobs(archive: Archive, settings: Settings) -> None:
@@ -67,6 +72,7 @@ class LifecycleSchedule:
             ("exam_codes", lambda: self._exam_codes.normalise_new(limit=2000)),
             ("quality", lambda: self._quality.score_due(limit=500)),
             ("tier", self._tier),
+            ("video_downgrade", self._video_downgrade),
             ("backup", self._backup),
         ]
 
@@ -109,6 +115,10 @@ class LifecycleSchedule:
         if view.state != "done":
             raise RuntimeError(f"tier job {job_pk}: {view.error}")
         return int(view.detail.get("series", 0))
+
+    def _video_downgrade(self) -> dict[str, int]:
+        done, failed = downgrade_due(self._archive, make_sd_copy, limit=VIDEO_DOWNGRADES_PER_PASS)
+        return {"downgraded": len(done), "failed": len(failed)}
 
     def _backup(self) -> str:
         made = self._backups.run_if_due()

@@ -27,7 +27,8 @@ def _gateway(tmp_path: Path) -> Gateway:
 def test_example_sources_file_builds_every_collector(tmp_path: Path) -> None:
     pacs, sources = load_sources_file(EXAMPLE)
     assert pacs is not None and pacs.ae_title == "HOSPITAL_PACS"
-    assert {s["kind"] for s in sources} == {"qr", "folder", "ftp", "sftp", "dicomweb", "http_push"}
+    kinds = {s["kind"] for s in sources}
+    assert kinds == {"qr", "folder", "ftp", "sftp", "dicomweb", "http_push", "video_folder"}
     gateway = _gateway(tmp_path)
     key = tmp_path / "key"
     key.write_text("not read until connecting")
@@ -35,7 +36,7 @@ def test_example_sources_file_builds_every_collector(tmp_path: Path) -> None:
         if entry["kind"] == "http_push":
             continue  # an app, not a polling collector; started by start_sources
         entry = dict(entry)
-        if entry["kind"] == "folder":
+        if entry["kind"] in ("folder", "video_folder"):
             entry["path"] = str(tmp_path)
         if entry["kind"] == "sftp":
             entry["private_key"] = str(key)

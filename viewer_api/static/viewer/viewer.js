@@ -9,6 +9,7 @@ import * as G from "./geometry.js";
 import { FusionControl } from "./fusion.js";
 import { MprController } from "./mpr.js";
 import { settings, StackViewport } from "./viewport.js";
+import { findVideoSeries, setVideoToken, VideoMode } from "./video.js";
 
 const $ = (selector) => document.querySelector(selector);
 const $$ = (selector) => [...document.querySelectorAll(selector)];
@@ -24,6 +25,8 @@ const app = {
   mpr: null,
   mprOpen: false,
   metadata: new Map(), // series uid -> Promise<Map sop -> geometry>
+  video: null,         // the VideoMode, made when the study has a video series
+  videoOpen: false,
 
   // --- callbacks from the viewports -----------------------------------------------------
   activate(view) {
@@ -144,7 +147,10 @@ function askToSignIn(err) {
 async function loadStudy() {
   const params = new URLSearchParams(location.search);
   const given = takeToken(params);
-  if (given) setToken(given);
+  if (given) {
+    setToken(given);
+    setVideoToken(given);
+  }
   const uid = params.get("study");
   const accession = params.get("accession");
   const info = $("#study-info");
@@ -186,6 +192,9 @@ async function loadStudy() {
   }
   app.study = study;
   app.series = (study.series || []).filter((s) => (s.instances || []).length);
+  // Video series (learnt from QIDO's SOP Class UID) play in video mode, not in viewports.
+  const videos = await findVideoSeries({ ...study, series: app.series });
+  for (const series of app.series) series.video = videos.get(series.series_instance_uid) || null;
   document.title = `${G.formatPersonName(study.patient_name) || "Study"} · 影像浏览`;
   info.textContent = "";
   const name = document.createElement("div");
@@ -213,6 +222,7 @@ async function loadStudy() {
     return;
   }
   setLayout(app.layout);
+  if (app.series[0].video) showSeries(app.series[0]);
   document.body.classList.add("loaded");
 }
 
@@ -236,14 +246,18 @@ function renderSeriesList() {
     const desc = document.createElement("span");
     desc.textContent = series.series_description || "";
     const small = document.createElement("small");
-    small.textContent = `${count} images 张` + (series.mpr && series.mpr.offered ? " · MPR" : "");
+    small.textContent = series.video
+      ? "Video 视频"
+      : `${count} images 张` + (series.mpr && series.mpr.offered ? " · MPR" : "");
     text.append(title, desc, small);
     button.append(thumb, text);
     button.addEventListener("click", () => showSeries(series));
     item.appendChild(button);
     list.appendChild(item);
     const first = series.instances[0];
-    const url = frameUrl(app.study.study_instance_uid, series.series_instance_uid, first.sop_instance_uid, 1, { size: "96,96" });
+    const url = series.video
+      ? `/dicom-web/studies/${encodeURIComponent(app.study.study_instance_uid)}/series/${encodeURIComponent(series.series_instance_uid)}/instances/${encodeURIComponent(series.video)}/thumbnail`
+      : frameUrl(app.study.study_instance_uid, series.series_instance_uid, first.sop_instance_uid, 1, { size: "96,96" });
     images
       .load(url)
       .then((entry) => {
@@ -260,6 +274,11 @@ function renderSeriesList() {
 function showSeries(series) {
   stopCine();
   if (app.mprOpen) closeMpr();
+  if (series.video) {
+    openVideo(series);
+    return;
+  }
+  closeVideo();
   const view = app.active || app.views[0];
   if (!view) return;
   view.setSeries(app.study, series, app.seriesMetadata(series));
@@ -271,10 +290,32 @@ function showSeries(series) {
   refreshToolbar();
 }
 
+// --- video mode ----------------------------------------------------------------------------
+
+function openVideo(series) {
+  if (!app.video) app.video = new VideoMode($("#video-mode"), showError);
+  app.videoOpen = true;
+  app.videoSeries = series.series_instance_uid;
+  document.body.classList.add("video-mode");
+  app.video.open(app.study.study_instance_uid, series.series_instance_uid, series.video);
+  closeDrawer();
+  refreshToolbar();
+}
+
+function closeVideo() {
+  if (!app.videoOpen) return;
+  app.videoOpen = false;
+  app.videoSeries = null;
+  document.body.classList.remove("video-mode");
+  app.video.close();
+  for (const v of app.views) v.layout();
+}
+
 // --- layout ------------------------------------------------------------------------------
 
 function setLayout(name) {
   if (!LAYOUTS[name]) return;
+  closeVideo();
   stopCine();
   if (app.mprOpen) closeMpr();
   app.layout = name;
@@ -282,11 +323,12 @@ function setLayout(name) {
   grid.className = `grid layout-${name}`;
   const wanted = LAYOUTS[name];
   while (app.views.length > wanted) app.views.pop().destroy();
-  while (app.views.length < wanted && app.series.length) {
+  const stacks = app.series.filter((s) => !s.video);
+  while (app.views.length < wanted && stacks.length) {
     const view = new StackViewport(grid, app);
     const i = app.views.length;
     app.views.push(view);
-    const series = app.series[i % app.series.length];
+    const series = stacks[i % stacks.length];
     view.setSeries(app.study, series, app.seriesMetadata(series));
   }
   if (!app.views.includes(app.active)) app.active = null;
@@ -404,7 +446,8 @@ function refreshToolbar() {
   const preset = view ? view.windowState.preset || (view.windowState.window ? null : "default") : null;
   for (const b of $$("[data-preset]")) b.setAttribute("aria-pressed", String(b.dataset.preset === preset));
   for (const b of $$(".series")) {
-    b.classList.toggle("current", !!(view && view.series && b.dataset.series === view.series.series_instance_uid));
+    const shown = app.videoOpen ? app.videoSeries : view && view.series && view.series.series_instance_uid;
+    b.classList.toggle("current", !!shown && b.dataset.series === shown);
   }
 }
 
@@ -478,6 +521,10 @@ function wireToolbar() {
 
   document.addEventListener("keydown", (e) => {
     if (e.target instanceof HTMLInputElement || e.target instanceof HTMLSelectElement) return;
+    if (app.videoOpen) {
+      app.video.onKey(e);
+      return;
+    }
     const view = app.active;
     if (!view) return;
     const steps = { ArrowUp: -1, ArrowLeft: -1, ArrowDown: 1, ArrowRight: 1, PageUp: -10, PageDown: 10 };
