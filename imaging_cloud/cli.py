@@ -82,6 +82,7 @@ def _demo(args: argparse.Namespace) -> int:
         load_demo_data,
         start_demo_gateway,
     )
+    from imaging_cloud.demo_video import load_demo_video
     from imaging_cloud.node import Node
 
     node = Node(_settings(args))
@@ -100,6 +101,10 @@ def _demo(args: argparse.Namespace) -> int:
         gateway = start_demo_gateway(node.archive, cloud_url, spool, args.gateway_dicom_port)
         accounts = create_demo_accounts(node.archive)
         studies = load_demo_data(node.archive, samples=args.samples, gateway=gateway)
+        video = load_demo_video(node.archive, gateway)
+        if video is not None:
+            studies.append(video)
+            accounts.append(("demo.expert", "video_expert", "(review panel)"))
         region = _demo_region(node.archive)
         print("\nimaging-cloud demo is running (Ctrl-C to stop)")
         print(f"\nDemo accounts (password {DEMO_PASSWORD!r}; the viewer asks to sign in):")
@@ -111,6 +116,9 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"  {'hospitals':9} {cloud_url}/api/hospitals")
         print(f"  {'patients':9} {cloud_url}/patient/")
         print(f"  {'dashboard':9} {cloud_url}/dashboard/   (demo.regulator; {region})")
+        if video is not None:
+            print(f"  {'videos':9} {cloud_url}/videos/   (search, charts; multi-view wall)")
+            print(f"  {'review':9} {cloud_url}/video-review/   (demo.expert scores the video)")
         print("\nStudies loaded:")
         for uid, label in studies:
             print(f"  {label}:\n    viewer   {cloud_url}/viewer/?study={uid}")
