@@ -2,20 +2,29 @@
 
 ``video check FILE [--json]`` exits 0 when the recording is compliant, 1 when it is not and
 2 when it cannot be read. ``video wrap FILE --sidecar S.json -o OUT.dcm`` stores it as a DICOM
-Video Endoscopic / Video Photographic object without re-encoding (exit 1 if it cannot be
-wrapped as is, 2 if unreadable).
+Video Endoscopic / Video Photographic object without re-encoding when the stream allows it,
+and otherwise transcodes what must change first, exactly as the gateway's and the cloud's
+intake do (`collectors.video_intake`); ``--no-transcode`` refuses instead (exit 1). Exit 2 if
+unreadable.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pydicom.dataset import Dataset
+
 from collectors.video_conformance import check
+from collectors.video_intake import prepare
 from collectors.video_probe import VideoError, probe
+from collectors.video_transcode import plan_transcode
 from collectors.video_wrap import write
 from imaging_cloud.progress import progress_bar
 from imaging_cloud.video_pip_cli import add_pip_command
@@ -57,7 +66,14 @@ def _wrap(args: argparse.Namespace) -> int:
             update(done, facts.size_bytes)
 
         try:
-            ds = write(args.file, sidecar, args.output, progress=advance)
+            plan = plan_transcode(facts)
+            if plan is None:
+                ds = write(args.file, sidecar, args.output, progress=advance)
+            elif args.no_transcode:
+                raise VideoError("the recording needs transcoding: " + "; ".join(plan.reasons))
+            else:
+                ds = _transcode_and_wrap(args, sidecar, update)
+                print("transcoded: " + "; ".join(plan.reasons))
         except VideoError as exc:
             print(f"imaging-cloud video wrap: {exc.detail}", file=sys.stderr)
             return EXIT_NOT_COMPLIANT
@@ -66,6 +82,23 @@ def _wrap(args: argparse.Namespace) -> int:
         f"{ds.file_meta.TransferSyntaxUID}, {ds.NumberOfFrames} frames"
     )
     return 0
+
+
+def _transcode_and_wrap(
+    args: argparse.Namespace, sidecar: dict[str, Any], update: Callable[[int, int | None], None]
+) -> Dataset:
+    """The intake's path: transcode into a work directory beside the output, wrap, move."""
+    out = Path(args.output)
+    with tempfile.TemporaryDirectory(prefix=".video-wrap-", dir=out.parent or None) as work:
+        prepared = prepare(
+            args.file,
+            sidecar,
+            work,
+            display_name=Path(args.file).name,
+            progress=lambda fraction: update(round(fraction * 1000), 1000),
+        )
+        os.replace(prepared.dicom_path, out)
+    return prepared.header
 
 
 def add_video_commands(commands: Any) -> None:
@@ -83,4 +116,9 @@ def add_video_commands(commands: Any) -> None:
     wrp.add_argument("--sidecar", required=True, type=Path, help="JSON: patient, procedure, ...")
     wrp.add_argument("-o", "--output", required=True, type=Path, help="the DICOM file to write")
     wrp.add_argument("--progress", action="store_true", help="show a progress bar")
+    wrp.add_argument(
+        "--no-transcode",
+        action="store_true",
+        help="refuse a recording that cannot be wrapped as is, instead of transcoding it",
+    )
     wrp.set_defaults(handler=_wrap)

@@ -135,3 +135,24 @@ def test_transcoding_can_be_refused(tmp_path: Path) -> None:
     source = _ffmpeg(tmp_path / "legacy.mp4", "-c:v", "mpeg4", "-c:a", "aac")
     with pytest.raises(VideoError, match="needs transcoding"):
         prepare(source, SIDECAR, tmp_path / "work", transcode=False)
+
+
+def test_the_wrap_command_transcodes_like_the_intake_or_refuses_when_asked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from imaging_cloud.cli import main
+
+    source = _ffmpeg(tmp_path / "legacy.mp4", "-c:v", "mpeg4", "-c:a", "libmp3lame")
+    sidecar = tmp_path / "s.json"
+    sidecar.write_text('{"patient_id": "P-CLI"}')
+    out = tmp_path / "out.dcm"
+    wrap = ["video", "wrap", str(source), "--sidecar", str(sidecar), "-o", str(out)]
+    assert main([*wrap, "--no-transcode"]) == 1
+    assert not out.exists()
+    assert "needs transcoding" in capsys.readouterr().err
+    assert main(wrap) == 0
+    assert "transcoded: video cannot be stored as is" in capsys.readouterr().out
+    ds = pydicom.dcmread(out)
+    assert ds.file_meta.TransferSyntaxUID.startswith("1.2.840.10008.1.2.4.10")  # MPEG-4 AVC
+    assert ds.PatientID == "P-CLI" and ds.ImageType[0] == "DERIVED"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".video-wrap-")] == []
