@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     max_stow_bytes: int = Field(gt=0)
     volume_cache_bytes: int = Field(ge=0)
     volume_cache_url: str = Field(pattern=r"^(|rediss?://.*|unix://.*)$")
+    video_memory_bytes: int = Field(ge=0)
+    video_memory_clip_bytes: int = Field(ge=0)
+    video_disk_cache_bytes: int = Field(ge=0)
     alert_webhook_url: str
     alert_check_seconds: float = Field(gt=0)
     alert_stale_heartbeat_seconds: float = Field(gt=0)

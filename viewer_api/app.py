@@ -73,6 +73,8 @@ def create_app(
     app.state.tokens = tokens
     app.state.sign_in_limits = auth_api.SignInLimits()
     app.state.api_settings = api_settings = settings or ApiSettings()
+    # Made now, not on the first video request: it clears a dead process's cache files.
+    app.state.video_clips = video_api.open_video_clips(api_settings)
     patient_api.install(app, archive, code_delivery=code_delivery, data_dir=api_settings.data_dir)
     app.state.volumes = Volumes(
         open_volume_cache(api_settings.volume_cache_bytes, api_settings.volume_cache_url)

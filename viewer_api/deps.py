@@ -22,6 +22,13 @@ class ApiSettings:
     volume_cache_url: str = ""
     # Where the node keeps its keys (de-identification key for exports).
     data_dir: Path = Path("data")
+    # Extracted video MP4s (viewer_api.video_clips): clips up to video_memory_clip_bytes in a
+    # memory LRU of video_memory_bytes; larger ones encrypted in video_cache_dir (None:
+    # <data_dir>/cache/video-clips), at most video_disk_cache_bytes in all.
+    video_memory_bytes: int = 256 * 1024**2
+    video_memory_clip_bytes: int = 64 * 1024**2
+    video_disk_cache_bytes: int = 8 * 1024**3
+    video_cache_dir: Path | None = None
 
 
 async def get_archive(request: Request) -> Archive:

@@ -5,9 +5,9 @@ The routes ``…/instances/{instance}/rendered`` and ``…/thumbnail`` are regis
 the request to wado's own route functions, so images behave exactly as before.
 
 The MP4 is the encapsulated Pixel Data (one fragment per stream, PS3.5 8.2.8; several are
-concatenated) with the even-length pad byte removed; it is kept in a bounded LRU per API process
-keyed by SOP Instance UID and blob key, so the many Range requests of one playback parse the
-DICOM object once.
+concatenated) with the even-length pad byte removed; `viewer_api.video_clips` extracts it once
+per API process into a memory LRU (small clips) or an encrypted disk LRU (large ones), so the
+many Range requests of one playback read the DICOM object once and hold only what they send.
 
 A ``<video>`` element cannot send ``Authorization``. The viewer therefore asks
 ``POST /viewer-api/…/instances/{instance}/media-url`` (with its bearer token) for a URL carrying
@@ -21,19 +21,18 @@ from __future__ import annotations
 import io
 import re
 import threading
-from collections import OrderedDict
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from PIL import Image
-from pydicom.dataset import Dataset
-from pydicom.encaps import generate_fragments
+from starlette.responses import StreamingResponse
 
 from cloud.access import AccessPolicy
 from cloud.archive import Archive, StoredInstance
 from cloud.errors import InvalidDatasetError
 from cloud.identity import AuthenticationError, TokenSigner
+from cloud.videos import VIDEO_SOP_CLASSES  # endoscopic, microscopic, photographic
 from collectors.multipart import parse_accept
 from viewer_api import wado
 from viewer_api.access_deps import (
@@ -45,113 +44,65 @@ from viewer_api.access_deps import (
     cache_control,
     study_access,
 )
-from viewer_api.deps import ArchiveDep
+from viewer_api.deps import ApiSettings, ArchiveDep
 from viewer_api.problems import HTTPProblem
+from viewer_api.video_clips import CHUNK, Clip, ClipReader, VideoClips
+from viewer_api.video_clips import mp4_bytes as mp4_bytes  # imported from here by others
 
 router = APIRouter(tags=["WADO-RS video"])  # mounted under /dicom-web, before wado.router
 viewer = APIRouter(prefix="/viewer-api", tags=["viewer video"])
 
-VIDEO_SOP_CLASSES = frozenset(
-    {
-        "1.2.840.10008.5.1.4.1.1.77.1.1.1",  # Video Endoscopic Image Storage
-        "1.2.840.10008.5.1.4.1.1.77.1.4.1",  # Video Photographic Image Storage
-    }
-)
 MEDIA_TOKEN_SECONDS = 300
 THUMBNAIL_AT_SECONDS = 1.0
 INSTANCE = wado.INSTANCE
+STREAM_ABOVE = 8 * 1024 * 1024  # bodies larger than this are streamed, not built whole
+STREAM_CHUNK = CHUNK
 _RANGE = re.compile(r"^bytes=\s*(\d*)\s*-\s*(\d*)\s*$")
 
 LiveView = Annotated[StudyGrant, Depends(study_access("live_view"))]
 Quality = Annotated[int, Query(ge=1, le=100)]
 
 
-# --- the MP4 out of the DICOM object, cached ---------------------------------------------------
-
-
-def mp4_bytes(ds: Dataset) -> bytes:
-    """The MPEG-4 file held in encapsulated Pixel Data, without the even-length pad byte."""
-    if "PixelData" not in ds or not ds["PixelData"].is_undefined_length:
-        raise InvalidDatasetError("the video object has no encapsulated Pixel Data")
-    items = list(generate_fragments(ds.PixelData))
-    data = b"".join(items[1:])  # items[0] is the Basic Offset Table (empty for video)
-    return data[: _mp4_length(data)]
-
-
-def _mp4_length(data: bytes) -> int:
-    """The length of the top-level ISO BMFF boxes, if they end one byte short of ``data``
-    and that byte is the NUL pad; ``len(data)`` otherwise."""
-    position = 0
-    while position + 8 <= len(data):
-        size = int.from_bytes(data[position : position + 4], "big")
-        if size == 1 and position + 16 <= len(data):
-            size = int.from_bytes(data[position + 8 : position + 16], "big")
-        if size == 0 or size < 8:
-            return len(data)  # box runs to the end, or not an MP4 we can walk
-        position += size
-    if position == len(data) - 1 and data[-1] == 0:
-        return position
-    return len(data)
-
-
-class VideoClips:
-    """A bounded LRU of extracted MP4s (and thumbnails), by total bytes."""
-
-    def __init__(self, max_bytes: int = 256 * 1024 * 1024) -> None:
-        self.max_bytes = max_bytes
-        self._items: OrderedDict[tuple[str, str, str], bytes] = OrderedDict()
-        self._size = 0
-        self._lock = threading.Lock()
-        self.misses = 0
-
-    def get(self, key: tuple[str, str, str]) -> bytes | None:
-        with self._lock:
-            value = self._items.get(key)
-            if value is not None:
-                self._items.move_to_end(key)
-            return value
-
-    def put(self, key: tuple[str, str, str], value: bytes) -> None:
-        if len(value) > self.max_bytes:
-            return
-        with self._lock:
-            old = self._items.pop(key, None)
-            self._size += len(value) - (len(old) if old else 0)
-            self._items[key] = value
-            while self._size > self.max_bytes:
-                _, dropped = self._items.popitem(last=False)
-                self._size -= len(dropped)
+# --- the MP4 out of the DICOM object, cached (viewer_api.video_clips) --------------------------
 
 
 _clips_lock = threading.Lock()
 
 
 def clips_of(request: Request) -> VideoClips:
-    """The app's clip cache, made on first use."""
+    """The app's clip cache, made on first use from the API settings (which also clears the
+    disk tier's files of an earlier process)."""
     state = request.app.state
     with _clips_lock:
         if not hasattr(state, "video_clips"):
-            state.video_clips = VideoClips()
+            state.video_clips = open_video_clips(state.api_settings)
         clips: VideoClips = state.video_clips
     return clips
 
 
-def _clip(archive: Archive, clips: VideoClips, stored: StoredInstance) -> bytes:
-    key = (stored.sop_instance_uid, stored.blob_key, "mp4")
-    data = clips.get(key)
-    if data is None:
-        clips.misses += 1
-        data = mp4_bytes(archive.read_dataset(stored))
-        clips.put(key, data)
-    return data
+def open_video_clips(settings: ApiSettings) -> VideoClips:
+    """The clip cache the settings describe: memory LRU, disk LRU (default
+    ``<data_dir>/cache/video-clips``)."""
+    return VideoClips(
+        settings.video_cache_dir or settings.data_dir / "cache" / "video-clips",
+        memory_bytes=settings.video_memory_bytes,
+        memory_clip_bytes=settings.video_memory_clip_bytes,
+        disk_bytes=settings.video_disk_cache_bytes,
+    )
 
 
-def video_thumbnail(mp4: bytes, size: int = 256, at_seconds: float = THUMBNAIL_AT_SECONDS) -> bytes:
+def _clip(archive: Archive, clips: VideoClips, stored: StoredInstance) -> Clip:
+    """The stored video's MP4; the object is read (once, whole) only when not cached."""
+    return clips.clip(stored.sop_instance_uid, stored.blob_key, lambda: archive.read(stored))
+
+
+def video_thumbnail(mp4: Clip, size: int = 256, at_seconds: float = THUMBNAIL_AT_SECONDS) -> bytes:
     """A JPEG of the first frame at or after ``at_seconds`` (or the middle of a shorter
-    video), fitted into ``size`` x ``size``."""
+    video), fitted into ``size`` x ``size``. PyAV reads the clip by range, not whole."""
     import av  # PyAV, imported only when a video thumbnail is asked for
 
-    with av.open(io.BytesIO(mp4), mode="r") as container:
+    reader = io.BufferedReader(ClipReader(mp4), CHUNK)
+    with av.open(reader, mode="r") as container:
         stream = container.streams.video[0]
         duration = float(container.duration or 0) / 1_000_000
         target = min(at_seconds, duration / 2) if duration else 0.0
@@ -205,23 +156,37 @@ def byte_range(header: str | None, length: int) -> tuple[int, int] | None:
     return first, min(last, length - 1)
 
 
-def ranged_response(request: Request, data: bytes, etag: str, headers: dict[str, str]) -> Response:
-    """``data`` as ``video/mp4``: 200 whole, 206 one range, or 416."""
+def ranged_response(request: Request, clip: Clip, etag: str, headers: dict[str, str]) -> Response:
+    """``clip`` as ``video/mp4``: 200 whole, 206 one range, or 416. Bodies above
+    ``STREAM_ABOVE`` bytes are streamed ``STREAM_CHUNK`` at a time (Content-Length still set), so a
+    large video never sits whole in memory; the clip is closed once its bytes are out."""
     headers = {**headers, "Accept-Ranges": "bytes", "ETag": etag}
     wanted = request.headers.get("range")
     if_range = request.headers.get("if-range")
     if wanted and if_range is not None and if_range.strip() != etag:
         wanted = None  # the client's copy is of another version: send it all
+    length = clip.length
     try:
-        span = byte_range(wanted, len(data))
+        span = byte_range(wanted, length)
     except RangeNotSatisfiable:
-        headers["Content-Range"] = f"bytes */{len(data)}"
+        clip.close()
+        headers["Content-Range"] = f"bytes */{length}"
         return Response(status_code=416, headers=headers)
-    if span is None:
-        return Response(data, media_type="video/mp4", headers=headers)
-    first, last = span
-    headers["Content-Range"] = f"bytes {first}-{last}/{len(data)}"
-    return Response(data[first : last + 1], 206, media_type="video/mp4", headers=headers)
+    status = 200
+    first, last = 0, length - 1
+    if span is not None:
+        status = 206
+        first, last = span
+        headers["Content-Range"] = f"bytes {first}-{last}/{length}"
+    if last - first + 1 > STREAM_ABOVE:
+        headers["Content-Length"] = str(last - first + 1)
+        body = clip.chunks(first, last, STREAM_CHUNK)  # closes the clip when done
+        return StreamingResponse(body, status, headers=headers, media_type="video/mp4")
+    try:
+        data = clip.read(first, last) if length else b""
+    finally:
+        clip.close()
+    return Response(data, status, media_type="video/mp4", headers=headers)
 
 
 # --- who may play -----------------------------------------------------------------------------
@@ -288,9 +253,10 @@ async def rendered_instance(
     await _require_streaming(request, archive, grant)
     if not _wants_mp4(request):
         raise HTTPProblem(406, "Not acceptable", "a video instance is rendered as video/mp4")
-    data = await run_in_threadpool(_clip, archive, clips_of(request), stored)
+    clip = await run_in_threadpool(_clip, archive, clips_of(request), stored)
     etag = f'"{stored.blob_key.rsplit("/", 1)[-1][:32]}"'
-    return ranged_response(request, data, etag, {"Cache-Control": cache_control(grant.principal)})
+    headers = {"Cache-Control": cache_control(grant.principal)}
+    return await run_in_threadpool(ranged_response, request, clip, etag, headers)
 
 
 @router.get(INSTANCE + "/thumbnail", response_model=None)
@@ -317,7 +283,11 @@ async def instance_thumbnail(
         key = (stored.sop_instance_uid, stored.blob_key, "thumbnail")
         image = clips.get(key)
         if image is None:
-            image = video_thumbnail(_clip(archive, clips, stored))
+            clip = _clip(archive, clips, stored)
+            try:
+                image = video_thumbnail(clip)
+            finally:
+                clip.close()
             clips.put(key, image)
         return image
 

@@ -34,12 +34,13 @@ from cloud.access import AccessDeniedError, Principal
 from cloud.deidentify import UidRemapper, deidentify, export_key, load_profile, pseudonym_for
 from cloud.errors import InstanceNotFoundError, InvalidDatasetError
 from cloud.video_derivatives import part10
+from cloud.videos import VIDEO_SOP_CLASSES
 from collectors.video_deid import AudioAction, DeidReport, deidentify_mp4
 from collectors.video_downgrade import rewrap_like
 from collectors.video_probe import VideoError
 from viewer_api.access_deps import audit_entry, require
 from viewer_api.deps import ArchiveDep, SettingsDep
-from viewer_api.video_api import VIDEO_SOP_CLASSES, mp4_bytes
+from viewer_api.video_api import mp4_bytes
 
 logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/videos", tags=["video teaching export"])
