@@ -39,6 +39,13 @@ FRAME_MEDIA_TYPES: dict[str, set[str]] = {
 }
 
 
+# Motion video: pydicom cannot decode it, and PS3.18 8.7.3.5.2 lets an origin server that
+# holds pixel data only in lossy compressed form send it as stored instead of the default.
+VIDEO_SYNTAXES = frozenset().union(
+    *(FRAME_MEDIA_TYPES[t] for t in ("video/mpeg", "video/mp4", "video/h265"))
+)
+
+
 class TranscodeError(ArchiveError):
     """The stored object cannot be delivered in any transfer syntax the client accepts."""
 
@@ -49,6 +56,7 @@ class TranscodeError(ArchiveError):
 def choose_dicom_syntax(accepted: list[MediaRange], stored: str) -> str:
     """Transfer syntax to send an application/dicom object in: the stored one if allowed."""
     wanted: list[str] = []
+    defaulted = False
     for entry in accepted:
         if entry.media_type not in ("multipart/related", "application/dicom", "*/*"):
             continue
@@ -59,10 +67,18 @@ def choose_dicom_syntax(accepted: list[MediaRange], stored: str) -> str:
             continue
         # PS3.18 8.7.3.5.2: without a transfer-syntax parameter the default is Explicit VR LE.
         wanted.append(entry.transfer_syntax or ExplicitVRLittleEndian)
+        defaulted = defaulted or not entry.transfer_syntax
     if not wanted:
         raise TranscodeError("this resource is available as multipart/related application/dicom")
     if "*" in wanted or stored in wanted:
         return stored
+    if stored in VIDEO_SYNTAXES:
+        if defaulted:  # lossy-only pixel data: sent as stored, not decompressed
+            return stored
+        raise TranscodeError(
+            f"a video stored as {stored} cannot be decompressed; ask for it as stored "
+            "(transfer-syntax=* or its own UID)"
+        )
     if ExplicitVRLittleEndian in wanted:
         return ExplicitVRLittleEndian
     raise TranscodeError(
