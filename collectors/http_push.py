@@ -41,14 +41,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from collectors.intake import CANNOT_UNDERSTAND, UNEXPECTED_FAILURE, IntakeSink, SinkResult
 from collectors.multipart import MultipartError, parse_media_type, split_multipart
-from collectors.video_intake import (
-    PreparedVideo,
-    SidecarError,
-    UploadSpool,
-    load_sidecar,
-    prepare,
-    receive_upload,
-)
+from collectors.video_intake import UploadSpool, prepare_upload, receive_upload
 from collectors.video_probe import VideoError
 
 logger = logging.getLogger(__name__)
@@ -171,17 +164,9 @@ def create_push_app(
 
 def _store_video(sink: IntakeSink, upload: UploadSpool, workdir: Path, origin: str) -> Response:
     """Prepare an uploaded recording and hand the DICOM object to the sink (worker thread)."""
-    if upload.sidecar is None:
-        raise SidecarError("the upload has no 'sidecar' part")
-    sidecar = load_sidecar(upload.sidecar)
-    assert upload.video_path is not None and upload.file_name is not None
-    prepared: PreparedVideo = prepare(
-        upload.video_path, sidecar, workdir, display_name=upload.file_name
+    prepared, result = prepare_upload(
+        upload, workdir, lambda data: _call_sink(sink, data, f"{origin}/{upload.file_name}")
     )
-    try:
-        result = _call_sink(sink, prepared.read_bytes(), f"{origin}/{upload.file_name}")
-    finally:
-        prepared.discard()
     if result.status != 0:
         status = 503 if result.status & 0xFF00 == 0xA700 else 422
         raise PushProblem(

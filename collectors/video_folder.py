@@ -7,7 +7,11 @@ the sidecar's, if there is one), it is prepared (`collectors.video_intake.prepar
 transcoded only if needed, wrapped) and the DICOM bytes go to the sink. Then the recording and
 its sidecar move to ``done/``; a refused one (unreadable video, bad sidecar, no worklist
 match) moves to ``failed/`` with ``NAME.reason.txt``. A recording the sink cannot take now
-(spool full) or whose worklist cannot be reached stays and is tried again.
+(spool full, disk full) or whose worklist cannot be reached stays and is tried again, as
+often as it takes. Any other failure (an unexpected error while preparing it, or the sink
+raising) is counted: after `MAX_ATTEMPTS` the recording moves to ``failed/`` with the last
+error, instead of being re-transcoded on every poll forever. The count is kept in memory, so
+a restart of the gateway grants a recording fresh attempts.
 
 Without a sidecar, or with one lacking ``patient_id``, a configured Modality Worklist is asked
 for the item whose accession number is the sidecar's ``accession_number`` or else the file
@@ -19,6 +23,7 @@ ignored, so a half-uploaded file is never taken.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import stat
@@ -42,8 +47,8 @@ from collectors.polling import (
 from collectors.video_intake import (
     VIDEO_SUFFIXES,
     check_file_name,
+    join_study,
     load_sidecar,
-    merge_sidecar,
     prepare,
 )
 from collectors.video_probe import VideoError
@@ -54,6 +59,9 @@ logger = logging.getLogger(__name__)
 __all__ = ["VideoFolderCollector", "WorklistSettings", "video_folder_from_config"]
 
 DONE, FAILED = "done", "failed"
+MAX_ATTEMPTS = 3  # unexpected failures of one recording before it is given up
+# A full disk is the machine's state, not the recording's fault: retried without counting.
+_TRANSIENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 @dataclass(frozen=True)
@@ -63,10 +71,6 @@ class WorklistSettings:
     called_ae: str
     calling_ae: str
     timeout: float = 30.0
-
-
-class _Retry(Exception):
-    """Not now: leave the recording where it is for a later poll."""
 
 
 class VideoFolderCollector:
@@ -93,6 +97,7 @@ class VideoFolderCollector:
         self._transcode = transcode
         self._clock = clock
         self._settle = SettleTracker(settle_seconds)
+        self._attempts: dict[str, int] = {}  # file name -> unexpected failures so far
         self.poll_interval = poll_interval
         for name in (DONE, FAILED):
             (self._root / name).mkdir(exist_ok=True)
@@ -110,6 +115,7 @@ class VideoFolderCollector:
         files = self._list(report)
         now = self._clock()
         self._settle.retain(set(files))
+        self._attempts = {name: n for name, n in self._attempts.items() if name in files}
         for name, stamp in sorted(files.items(), key=lambda item: (item[1].mtime_ns, item[0])):
             if not name.lower().endswith(VIDEO_SUFFIXES):
                 continue
@@ -160,18 +166,18 @@ class VideoFolderCollector:
             self._move(video, sidecar_path, FAILED, exc.detail)
             report.quarantined += 1
             return True
-        except Exception:  # a full disk, a vanished file: not the recording's fault
-            logger.exception("%s: could not prepare; will retry", origin)
-            report.failed += 1
+        except Exception as exc:
+            self._failed(video, sidecar_path, report, exc, "could not prepare")
             return True
         try:
             result = self._sink(prepared.read_bytes(), origin)
-        except Exception:
-            logger.exception("%s: sink raised; will retry", origin)
-            report.failed += 1
+        except Exception as exc:
+            self._failed(video, sidecar_path, report, exc, "sink raised")
             return True
         finally:
             prepared.discard()
+        if result.taken:
+            self._attempts.pop(video.name, None)
         if result.status == 0:
             self._move(video, sidecar_path, DONE, None)
             report.taken += 1
@@ -187,6 +193,28 @@ class VideoFolderCollector:
                        result.error_comment)  # fmt: skip
         report.failed += 1
         return not is_out_of_resources(result)
+
+    def _failed(
+        self, video: Path, sidecar: Path | None, report: PollReport, exc: Exception, what: str
+    ) -> None:
+        """An unexpected failure: retried, and counted unless transient (a full disk)."""
+        origin = f"video-folder:{video}"
+        if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS:
+            logger.warning("%s: %s: %s; will retry", origin, what, exc)
+            report.failed += 1
+            return
+        attempts = self._attempts.get(video.name, 0) + 1
+        if attempts < MAX_ATTEMPTS:
+            self._attempts[video.name] = attempts
+            logger.exception("%s: %s (attempt %d of %d); will retry", origin, what, attempts,
+                             MAX_ATTEMPTS)  # fmt: skip
+            report.failed += 1
+            return
+        logger.exception("%s: %s; given up after %d attempts", origin, what, attempts)
+        self._attempts.pop(video.name, None)
+        reason = f"{what} ({attempts} attempts), last: {type(exc).__name__}: {exc}"
+        self._move(video, sidecar, FAILED, reason)
+        report.quarantined += 1
 
     def _sidecar(self, video: Path, sidecar_path: Path | None) -> dict[str, Any]:
         check_file_name(video.name)
@@ -207,7 +235,7 @@ class VideoFolderCollector:
         )  # fmt: skip
         if item is None:
             raise VideoError(f"no worklist item with accession number {accession!r}")
-        return merge_sidecar(sidecar, item)
+        return join_study(sidecar, item)
 
     def _move(self, video: Path, sidecar: Path | None, folder: str, reason: str | None) -> None:
         target_dir = self._root / folder

@@ -8,8 +8,10 @@ exact bytes.
 
 The watched folder, the gateway's ``POST /videos`` and the cloud's ``POST /api/videos`` also
 share the sidecar reader (`load_sidecar`, precise errors), the file-name check
-(`check_file_name`) and `UploadSpool`, which writes a multipart upload's video part straight
-to a file instead of holding gigabytes in memory.
+(`check_file_name`), `join_study` (a recording joining an existing study takes that
+study's study-level and patient attributes) and `UploadSpool`, which writes a multipart
+upload's video part straight to a file instead of holding gigabytes in memory; the two HTTP
+routes then run the same `prepare_upload`.
 """
 
 from __future__ import annotations
@@ -20,10 +22,10 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 from pydicom.dataset import Dataset
 from pydicom.filewriter import dcmwrite
@@ -35,6 +37,7 @@ from collectors.video_transcode import transcode as run_transcode
 from collectors.video_wrap import validate_sidecar, write
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 __all__ = [
     "SIDECAR_FIELDS",
@@ -48,20 +51,27 @@ __all__ = [
     "UploadTooLargeError",
     "VideoError",
     "check_file_name",
+    "join_study",
     "load_sidecar",
-    "merge_sidecar",
     "prepare",
+    "prepare_upload",
 ]
 
 VIDEO_SUFFIXES = (".mp4", ".mov")
 SIDECAR_FIELDS = frozenset(
     {
         "patient_id",
+        "issuer_of_patient_id",
         "patient_name",
         "birth_date",
         "sex",
         "accession_number",
         "study_instance_uid",
+        "study_date",
+        "study_time",
+        "study_description",
+        "referring_physician",
+        "study_id",
         "procedure",
         "diagnosis",
         "surgeon",
@@ -77,6 +87,20 @@ SIDECAR_FIELDS = frozenset(
     }
 )
 MAX_SIDECAR_BYTES = 64 * 1024
+MAX_PART_HEADER_BYTES = 16 * 1024  # all header lines of one form part together
+# What an existing study (the cloud's index, or a worklist item) decides when a video joins it.
+STUDY_KEYS = (
+    "study_instance_uid",
+    "accession_number",
+    "study_date",
+    "study_time",
+    "study_description",
+    "referring_physician",
+    "study_id",
+)
+PATIENT_KEYS = ("patient_id", "issuer_of_patient_id", "patient_name", "birth_date", "sex")
+# Given by both, these must agree: a mismatch means the recording is not of that study.
+_MUST_AGREE = ("patient_id", "issuer_of_patient_id", "study_instance_uid", "accession_number")
 
 
 class SidecarError(VideoError):
@@ -180,11 +204,42 @@ def _check_formats(sidecar: Mapping[str, Any]) -> None:
         raise SidecarError(exc.detail) from exc
 
 
-def merge_sidecar(explicit: Mapping[str, Any], found: Mapping[str, Any]) -> dict[str, Any]:
-    """Fields from a worklist (or an existing study) under the sidecar: explicit values win."""
-    merged = {key: value for key, value in found.items() if value not in (None, "")}
-    merged.update({key: value for key, value in explicit.items() if value not in (None, "")})
-    return merged
+def join_study(sidecar: Mapping[str, Any], study: Mapping[str, Any]) -> dict[str, Any]:
+    """The sidecar of a recording that joins an existing ``study`` (index or worklist item).
+
+    The study decides the study-level attributes (`STUDY_KEYS`: a key it gives wins even when
+    empty, so the video repeats exactly what the study holds) and the whole patient module
+    (`PATIENT_KEYS`); for the rest the sidecar wins over what the study suggests: the
+    procedure performed (Performed Procedure Step Description), surgeon, camera, start...
+    An identifier the sidecar gives that differs from the study's (patient ID, study UID,
+    accession) is refused: the recording would be filed under someone else. A study without
+    a UID (a worklist item lacking one) still decides the rest; the wrapper makes the UID.
+    """
+    for key in _MUST_AGREE:
+        given, known = _stripped(sidecar.get(key)), _stripped(study.get(key))
+        if given and known and given != known:
+            raise SidecarError(
+                f"the sidecar's {key} {given!r} differs from the study's {known!r}; "
+                "the recording is not of that study"
+            )
+    decided = {*STUDY_KEYS, *PATIENT_KEYS}
+    joined = {  # what else the study suggests (a worklist's procedure, surgeon), under the sidecar
+        key: value for key, value in study.items() if value not in (None, "") and key not in decided
+    }
+    joined.update(
+        {
+            key: value
+            for key, value in sidecar.items()
+            if value not in (None, "") and key not in decided
+        }
+    )
+    joined.update({key: study[key] for key in STUDY_KEYS if study.get(key) is not None})
+    joined.update({key: study[key] for key in PATIENT_KEYS if study.get(key) not in (None, "")})
+    return joined
+
+
+def _stripped(value: Any) -> str:
+    return "" if value is None else str(value).strip()
 
 
 @dataclass
@@ -370,6 +425,7 @@ class UploadSpool:
         self._headers: dict[bytes, bytes] = {}
         self._field = b""
         self._value = b""
+        self._header_bytes = 0
         self._sink: BinaryIO | None = None
         self._small: bytearray | None = None
         self._parser = MultipartParser(
@@ -419,11 +475,20 @@ class UploadSpool:
     def _part_begin(self) -> None:
         self._headers = {}
         self._part_name = ""
+        self._header_bytes = 0
+
+    def _count_header(self, size: int) -> None:
+        """Refuse a part whose headers grow past `MAX_PART_HEADER_BYTES` (they are in memory)."""
+        self._header_bytes += size
+        if self._header_bytes > MAX_PART_HEADER_BYTES:
+            raise UploadFormError(f"a form part's headers exceed {MAX_PART_HEADER_BYTES} bytes")
 
     def _header_field(self, data: bytes, start: int, end: int) -> None:
+        self._count_header(end - start)
         self._field += data[start:end]
 
     def _header_value(self, data: bytes, start: int, end: int) -> None:
+        self._count_header(end - start)
         self._value += data[start:end]
 
     def _header_end(self) -> None:
@@ -483,3 +548,34 @@ async def receive_upload(
         spool.close()
         raise
     return spool
+
+
+def prepare_upload(
+    upload: UploadSpool,
+    workdir: Path,
+    hand_over: Callable[[bytes], T],
+    *,
+    study: Mapping[str, Any] | None = None,
+) -> tuple[PreparedVideo, T]:
+    """An upload's sidecar, prepared recording and hand-over: what every HTTP route does.
+
+    ``hand_over`` gets the Part-10 bytes (the cloud's ``archive.store``, the gateway's sink);
+    the wrapped file is removed afterwards whatever happens. With ``study`` (an existing
+    study to join, `join_study`) the sidecar part may be omitted.
+
+    Returns the prepared video (its header and report; the file is gone) and what
+    ``hand_over`` returned.
+    """
+    if upload.sidecar is None and study is None:
+        raise SidecarError("the upload has no 'sidecar' part")
+    sidecar = load_sidecar(upload.sidecar) if upload.sidecar is not None else {}
+    if study is not None:
+        sidecar = join_study(sidecar, study)
+    if upload.video_path is None or upload.file_name is None:
+        raise UploadFormError("the upload has no 'file' part")
+    prepared = prepare(upload.video_path, sidecar, workdir, display_name=upload.file_name)
+    try:
+        result = hand_over(prepared.read_bytes())
+    finally:
+        prepared.discard()
+    return prepared, result

@@ -19,13 +19,16 @@ otherwise.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import subprocess
+import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from collectors.video_conformance import MAX_KBPS, MIN_KBPS, dicom_encoding
 from collectors.video_probe import VideoError, VideoFacts
@@ -36,6 +39,9 @@ TARGET_KBPS = 2000  # the default aim inside the spec's 1024-2500 kbps
 AUDIO_KBPS = 128
 AUDIO_HZ = 48_000
 MAX_WIDTH, MAX_HEIGHT, MAX_FPS = 1920, 1080, 60.0
+MIN_TIMEOUT_S, TIMEOUT_PER_SECOND = 120.0, 10.0  # see `time_allowed`
+STDERR_TAIL_BYTES = 4096  # what is kept of FFmpeg's messages for the error
+MAX_DETAIL_CHARS = 500  # of that tail, in the VideoError (the whole tail is logged)
 
 # FFmpeg's decoder names where they differ from the codec's (PyAV reports the decoder)
 _CODEC_ALIASES = {"mp3float": "mp3", "mp2float": "mp2", "ac3_fixed": "ac3"}
@@ -195,13 +201,18 @@ def transcode(
     progress: Progress | None = None,
     *,
     use_ffmpeg_binary: bool = True,
+    timeout: float | None = None,
 ) -> TranscodeResult:
     """Carry out ``plan``: write ``target`` (MP4) from ``source``.
+
+    ``timeout`` (seconds) bounds the ``ffmpeg`` run; the default, `time_allowed`, grows with
+    the recording's duration.
 
     Raises
     ------
     VideoError
-        FFmpeg (or PyAV) could not decode or encode the recording.
+        FFmpeg (or PyAV) could not decode or encode the recording, or FFmpeg ran past its
+        time and was stopped.
     """
     source, target = Path(source), Path(target)
     binary = shutil.which("ffmpeg") if use_ffmpeg_binary else None
@@ -209,27 +220,72 @@ def transcode(
         _transcode_with_pyav(source, target, facts, plan, progress)
         return TranscodeResult(plan, target, ["pyav", str(source), str(target)])
     command = ffmpeg_command(source, target, facts, plan)
-    _run_ffmpeg([binary, *command[1:]], facts.duration_s, progress)
+    allowed = time_allowed(facts.duration_s) if timeout is None else timeout
+    _run_ffmpeg([binary, *command[1:]], facts.duration_s, progress, allowed)
     logger.info("transcoded %s: %s", source.name, "; ".join(plan.reasons))
     return TranscodeResult(plan, target, command)
 
 
-def _run_ffmpeg(command: list[str], duration: float | None, progress: Progress | None) -> None:
-    with subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    ) as process:
-        assert process.stdout is not None and process.stderr is not None
-        for line in process.stdout:
-            key, _, value = line.strip().partition("=")
-            if progress and duration and key == "out_time_us" and value.isdigit():
-                progress(min(1.0, int(value) / 1e6 / duration))
-        errors = process.stderr.read()
-        code = process.wait()
+def time_allowed(duration: float | None) -> float:
+    """How long FFmpeg may take: ten times the recording's duration, at least two minutes.
+
+    ``veryfast`` libx264 runs several times faster than real time at 1080p on one core, so
+    only a stuck or pathologically slow run reaches this.
+    """
+    return max(MIN_TIMEOUT_S, TIMEOUT_PER_SECOND * (duration or 0.0))
+
+
+def _run_ffmpeg(
+    command: list[str], duration: float | None, progress: Progress | None, timeout: float
+) -> None:
+    """Run FFmpeg, reading its progress lines; its stderr goes to a temporary file.
+
+    A damaged recording makes the decoder print an error per broken macroblock: far more than
+    a pipe holds (64 KiB), and FFmpeg blocks writing it while we wait for stdout to end. A file
+    never fills up that way; only its last `STDERR_TAIL_BYTES` are read back, for the error
+    message. A watchdog kills FFmpeg after ``timeout`` seconds, which also ends stdout.
+    """
+    with tempfile.TemporaryFile() as errors:
+        with subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=errors, stdin=subprocess.DEVNULL, text=True
+        ) as process:
+            expired = threading.Event()
+
+            def stop() -> None:
+                expired.set()
+                process.kill()
+
+            watchdog = threading.Timer(timeout, stop)
+            watchdog.daemon = True
+            watchdog.start()
+            try:
+                assert process.stdout is not None
+                for line in process.stdout:
+                    key, _, value = line.strip().partition("=")
+                    if progress and duration and key == "out_time_us" and value.isdigit():
+                        progress(min(1.0, int(value) / 1e6 / duration))
+                code = process.wait()
+            except BaseException:
+                process.kill()
+                raise
+            finally:
+                watchdog.cancel()
+        tail = _tail(errors)
+    if expired.is_set():
+        raise VideoError(f"transcoding did not finish within {timeout:.0f} s and was stopped")
     if code != 0:
-        last = errors.strip().splitlines()[-1:] or [f"exit status {code}"]
-        raise VideoError(f"transcoding failed: {last[0][:300]}")
+        logger.warning("ffmpeg exited with status %d; its last messages:\n%s", code, tail)
+        last = " | ".join(tail.strip().splitlines()[-3:]) or f"exit status {code}"
+        raise VideoError(f"transcoding failed: {last[-MAX_DETAIL_CHARS:]}")
     if progress:
         progress(1.0)
+
+
+def _tail(stream: IO[bytes]) -> str:
+    """The last `STDERR_TAIL_BYTES` of what FFmpeg wrote to ``stream``, as text."""
+    size = stream.seek(0, os.SEEK_END)
+    stream.seek(max(0, size - STDERR_TAIL_BYTES))
+    return stream.read().decode("utf-8", "replace")
 
 
 def _transcode_with_pyav(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 import shutil
 import struct
 import tempfile
@@ -49,7 +50,17 @@ FRAME_TIME_TAG = 0x00181063
 _CHUNK = 8 * 1024 * 1024
 
 
+# Identifiers are refused when too long: cut short, a patient ID or an accession number may
+# name another patient or procedure. Descriptive text (procedure, diagnosis, names...) is cut
+# to its VR's length instead (LO 64 characters, PN 64 per component group), which loses words
+# but never files a video under the wrong patient.
+IDENTIFIER_LIMITS = {"patient_id": 64, "issuer_of_patient_id": 64, "accession_number": 16,
+                     "study_id": 16}  # fmt: skip
+_UID_SYNTAX = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
+
+
 def _text(sidecar: dict[str, Any], key: str, limit: int = 64) -> str:
+    """The sidecar's ``key`` as DICOM text: descriptive text is cut to ``limit`` characters."""
     value = sidecar.get(key)
     if value is None:
         return ""
@@ -57,6 +68,45 @@ def _text(sidecar: dict[str, Any], key: str, limit: int = 64) -> str:
     if "\\" in text or any(ord(c) < 32 for c in text):
         raise VideoError(f"sidecar field {key!r} contains control characters or backslashes")
     return text[:limit]
+
+
+def _identifier(sidecar: dict[str, Any], key: str) -> str:
+    """The sidecar's identifier ``key``, refused (never cut) when longer than its VR allows."""
+    text = _text(sidecar, key, limit=10_000)
+    limit = IDENTIFIER_LIMITS[key]
+    if len(text) > limit:
+        raise VideoError(
+            f"sidecar {key!r} has {len(text)} characters; at most {limit} are allowed "
+            "(it is refused rather than cut short, which could name another record)"
+        )
+    return text
+
+
+def _study_uid(sidecar: dict[str, Any]) -> str:
+    """The sidecar's ``study_instance_uid``, refused unless a valid UID (PS3.5 9.1)."""
+    uid = _text(sidecar, "study_instance_uid", limit=10_000)
+    if uid and (len(uid) > 64 or not _UID_SYNTAX.fullmatch(uid)):
+        raise VideoError(
+            f"sidecar 'study_instance_uid' {uid[:80]!r} is not a valid UID "
+            "(digits and dots, no leading zeros, at most 64 characters)"
+        )
+    return uid
+
+
+def _study_moment(sidecar: dict[str, Any], start: dt.datetime) -> tuple[str, str]:
+    """StudyDate and StudyTime: an existing study's own (``study_date``, ``study_time``,
+    DICOM DA/TM, even when empty) when the video joins it, else the recording's start."""
+    date = _text(sidecar, "study_date").replace("-", "")
+    time = _text(sidecar, "study_time").replace(":", "")
+    if "study_date" not in sidecar:
+        if time:
+            raise VideoError("sidecar 'study_time' needs 'study_date'")
+        return start.strftime("%Y%m%d"), start.strftime("%H%M%S")
+    if date and not re.fullmatch(r"\d{8}", date):
+        raise VideoError(f"sidecar 'study_date' must be YYYYMMDD or YYYY-MM-DD, not {date!r}")
+    if time and not re.fullmatch(r"\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?", time):
+        raise VideoError(f"sidecar 'study_time' must be HHMMSS or HH:MM:SS, not {time!r}")
+    return date, time
 
 
 def _moment(sidecar: dict[str, Any], key: str) -> dt.datetime | None:
@@ -77,8 +127,11 @@ def validate_sidecar(sidecar: dict[str, Any]) -> dict[str, Any]:
     """Check the sidecar's required fields; returns it unchanged."""
     if not isinstance(sidecar, dict):
         raise VideoError("the sidecar must be a JSON object")
-    if not _text(sidecar, "patient_id"):
+    if not _identifier(sidecar, "patient_id"):
         raise VideoError("sidecar lacks patient_id")
+    for key in ("issuer_of_patient_id", "accession_number", "study_id"):
+        _identifier(sidecar, key)
+    _study_uid(sidecar)
     role = sidecar.get("camera_role", "field")
     if role not in CAMERA_ROLES:
         raise VideoError(f"camera_role must be one of {', '.join(CAMERA_ROLES)}, not {role!r}")
@@ -86,7 +139,7 @@ def validate_sidecar(sidecar: dict[str, Any]) -> dict[str, Any]:
         raise VideoError("sex must be M, F or O")
     if sidecar.get("video_class", "field") not in VIDEO_CLASSES:
         raise VideoError(f"video_class must be one of {', '.join(VIDEO_CLASSES)}")
-    _start(sidecar)
+    _study_moment(sidecar, _start(sidecar))
     begun, ended = _moment(sidecar, "operation_start"), _moment(sidecar, "operation_end")
     if begun and ended and ended <= begun:
         raise VideoError("operation_end must be after operation_start")
@@ -105,17 +158,21 @@ def _header(facts: VideoFacts, sidecar: dict[str, Any], ts_uid: str) -> Dataset:
     ds.SpecificCharacterSet = "ISO_IR 192"
     # Patient
     ds.PatientName = _text(sidecar, "patient_name")
-    ds.PatientID = _text(sidecar, "patient_id")
+    ds.PatientID = _identifier(sidecar, "patient_id")
+    if sidecar.get("issuer_of_patient_id"):
+        ds.IssuerOfPatientID = _identifier(sidecar, "issuer_of_patient_id")
     ds.PatientBirthDate = _text(sidecar, "birth_date").replace("-", "")
     ds.PatientSex = _text(sidecar, "sex")
-    # General Study
-    ds.StudyInstanceUID = _text(sidecar, "study_instance_uid") or generate_uid(UID_ROOT)
-    ds.StudyDate = start.strftime("%Y%m%d")
-    ds.StudyTime = start.strftime("%H%M%S")
-    ds.ReferringPhysicianName = ""
-    ds.StudyID = ""
-    ds.AccessionNumber = _text(sidecar, "accession_number", 16)
-    ds.StudyDescription = _text(sidecar, "procedure")
+    # General Study: an existing study's own attributes when the video joins one (the intake
+    # fills study_* from the index or the worklist), else a new study begun by the recording.
+    ds.StudyInstanceUID = _study_uid(sidecar) or generate_uid(UID_ROOT)
+    ds.StudyDate, ds.StudyTime = _study_moment(sidecar, start)
+    ds.ReferringPhysicianName = _text(sidecar, "referring_physician")
+    ds.StudyID = _identifier(sidecar, "study_id")
+    ds.AccessionNumber = _identifier(sidecar, "accession_number")
+    ds.StudyDescription = _text(
+        sidecar, "study_description" if "study_description" in sidecar else "procedure"
+    )
     ds.AdmittingDiagnosesDescription = _text(sidecar, "diagnosis")
     # General Series
     ds.Modality = "ES" if endoscope else "XC"
@@ -142,8 +199,8 @@ def _header(facts: VideoFacts, sidecar: dict[str, Any], ts_uid: str) -> Dataset:
     block.add_new(0x03, "CS", video_class.upper())  # FIELD | SAFETY (CS: 16 chars)
     # General Image / Acquisition, VL Image
     ds.InstanceNumber = 1
-    ds.ContentDate = ds.StudyDate
-    ds.ContentTime = ds.StudyTime
+    ds.ContentDate = start.strftime("%Y%m%d")  # the recording's, whatever the study's date
+    ds.ContentTime = start.strftime("%H%M%S")
     ds.AcquisitionDateTime = start.strftime("%Y%m%d%H%M%S")
     ds.ImageType = ["ORIGINAL", "PRIMARY"]
     ds.LossyImageCompression = "01"
@@ -225,10 +282,12 @@ def wrap(mp4_path: str | Path, sidecar: dict[str, Any]) -> Dataset:
     mp4_path
         An MP4 (or MOV / MPEG-TS) file with H.264 or HEVC video.
     sidecar
-        patient_id (required), patient_name, birth_date, sex, accession_number,
-        study_instance_uid, procedure, diagnosis, surgeon, applicant, hospital,
-        camera_role (panorama, field, endoscope), video_class (field, safety),
-        start, operation_start, operation_end (ISO date-times).
+        patient_id (required), issuer_of_patient_id, patient_name, birth_date, sex,
+        accession_number, study_instance_uid, procedure, diagnosis, surgeon, applicant,
+        hospital, camera_role (panorama, field, endoscope), video_class (field, safety),
+        start, operation_start, operation_end (ISO date-times); and, when the video joins an
+        existing study, that study's study_date, study_time, study_description,
+        referring_physician and study_id (else the start and the procedure stand in).
 
     Raises
     ------

@@ -1,10 +1,13 @@
 """Surgical video intake over HTTP (issue 8): ``POST /api/videos``.
 
 ``multipart/form-data`` with a ``file`` part (the MP4/MOV recording) and a ``sidecar`` part
-(JSON: the `collectors.video_wrap` fields). With ``?accession=ACC`` the patient fields come
-from the one study the index holds with that Accession Number (within the uploader's
-hospital), which is the cloud's counterpart of a worklist match; fields the sidecar gives
-explicitly win.
+(JSON: the `collectors.video_wrap` fields). With ``?accession=ACC`` the video joins the one
+study the index holds with that Accession Number (within the uploader's hospital), the
+cloud's counterpart of a worklist match: its study-level attributes (Study Instance UID,
+Study Date/Time, Description, Accession, Referring Physician, Study ID) and patient module
+are copied from the index (`collectors.video_intake.join_study`), so the study stays
+consistent; the sidecar's ``procedure`` goes to the Performed Procedure Step Description only.
+A sidecar naming another patient, study or accession is refused (422).
 
 The upload is streamed to a temporary file (never held in memory), prepared in a worker
 thread (`collectors.video_intake.prepare`: conformance report, transcode only when the stream
@@ -28,14 +31,7 @@ from sqlalchemy import select
 from cloud.access import Principal
 from cloud.archive import Archive
 from cloud.models import Patient, Study
-from collectors.video_intake import (
-    SidecarError,
-    UploadSpool,
-    load_sidecar,
-    merge_sidecar,
-    prepare,
-    receive_upload,
-)
+from collectors.video_intake import SidecarError, UploadSpool, prepare_upload, receive_upload
 from collectors.video_probe import VideoError
 from viewer_api.access_deps import audit_entry, require
 from viewer_api.deps import ArchiveDep
@@ -44,14 +40,22 @@ from viewer_api.problems import HTTPProblem
 router = APIRouter(tags=["video intake"])
 pages = APIRouter()
 
-MAX_VIDEO_UPLOAD_BYTES = 8 * 1024**3
+# The wrapper takes at most 4 GiB of MP4 in its single Pixel Data fragment; the headroom is
+# for the form's boundaries, headers and sidecar. (A larger recording that a transcode would
+# shrink must come through the gateway's watched folder.)
+MAX_VIDEO_UPLOAD_BYTES = 4 * 1024**3 + 16 * 1024**2
 Uploader = Annotated[Principal, Depends(require("upload"))]
 
 
 def study_fields_for_accession(
     archive: Archive, accession: str, hospital_pk: int | None
 ) -> dict[str, Any]:
-    """Patient and study fields of the one study with ``accession`` (422 if none or several)."""
+    """Patient and study-level fields of the one study with ``accession`` (422 if none or
+    several), as `collectors.video_intake.join_study` takes them.
+
+    Everything comes from the index's columns (studies, patients); the patient's Other IDs
+    and the study's Timezone Offset are not carried over.
+    """
     query = (
         select(Study, Patient)
         .join(Patient, Study.patient_pk == Patient.pk)
@@ -69,16 +73,20 @@ def study_fields_for_accession(
         )
     study, patient = rows[0]
     birth = patient.patient_birth_date
-    fields = {
+    return {
         "patient_id": patient.patient_id,
+        "issuer_of_patient_id": patient.issuer_of_patient_id,
         "patient_name": patient.patient_name,
         "birth_date": f"{birth[:4]}-{birth[4:6]}-{birth[6:8]}" if len(birth) == 8 else "",
         "sex": patient.patient_sex if patient.patient_sex in ("M", "F", "O") else "",
-        "accession_number": study.accession_number,
         "study_instance_uid": study.study_instance_uid,
-        "procedure": study.study_description,
+        "accession_number": study.accession_number,
+        "study_date": study.study_date,
+        "study_time": study.study_time,
+        "study_description": study.study_description,
+        "referring_physician": study.referring_physician_name,
+        "study_id": study.study_id,
     }
-    return {key: value for key, value in fields.items() if value}
 
 
 def _store(
@@ -88,22 +96,20 @@ def _store(
     accession: str | None,
     who: Principal,
 ) -> dict[str, Any]:
-    """Sidecar, accession match, prepare and store: the worker-thread part of the request."""
-    if upload.sidecar is None and accession is None:
+    """Accession match, sidecar, prepare and store: the worker-thread part of the request."""
+    study = (
+        None
+        if accession is None
+        else study_fields_for_accession(archive, accession, who.hospital_pk)
+    )
+    if upload.sidecar is None and study is None:
         raise SidecarError("the upload has no 'sidecar' part (or give ?accession=)")
-    sidecar = load_sidecar(upload.sidecar) if upload.sidecar is not None else {}
-    if accession is not None:
-        sidecar = merge_sidecar(
-            sidecar, study_fields_for_accession(archive, accession, who.hospital_pk)
-        )
-    assert upload.video_path is not None and upload.file_name is not None
-    prepared = prepare(upload.video_path, sidecar, workdir, display_name=upload.file_name)
-    try:
-        outcome = archive.store(
-            prepared.read_bytes(), source="http-video", hospital_pk=who.hospital_pk
-        )
-    finally:
-        prepared.discard()
+    prepared, outcome = prepare_upload(
+        upload,
+        workdir,
+        lambda data: archive.store(data, source="http-video", hospital_pk=who.hospital_pk),
+        study=study,
+    )
     return {
         "studyInstanceUid": outcome.study_instance_uid,
         "seriesInstanceUid": outcome.series_instance_uid,

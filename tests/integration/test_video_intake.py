@@ -11,13 +11,13 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from datetime import date
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pydicom
 import pytest
+from pydicom.dataset import Dataset
 from pydicom.encaps import generate_fragments
 
 from cloud.archive import Archive
@@ -164,29 +164,34 @@ def test_a_legacy_recording_is_transcoded_and_says_what_changed(
         assert "MPEG4HighProfile/Level4.1" in dump  # DCMTK names the transfer syntax
 
 
-def test_accession_fills_the_patient_from_the_study_in_the_index(
+def test_a_video_joining_a_study_by_accession_repeats_the_study_as_the_index_has_it(
     sqlite_node: Node, recordings: dict[str, Path]
 ) -> None:
     spec = StudySpec(
         patient=PatientSpec(
             patient_id="PID-77", patient_name="Li^Na", birth_date="19800515", sex="F"
         ),
-        study_date=date.today().strftime("%Y%m%d"),
+        study_date="20260301",
+        study_time="101500",
         accession_number="A777",
         study_description="Appendectomy",
+        referring_physician_name="Zhou^Referrer",
+        study_id="S-9",
     )
     ct = [to_part10(ds) for ds in ct_series(spec, slices=1, size=16)]
     study_uid = str(pydicom.dcmread(io.BytesIO(ct[0]), stop_before_pixels=True).StudyInstanceUID)
     sqlite_node.archive.store(ct[0], source="test")
     video = recordings["compliant"].read_bytes()
+    sidecar = {"camera_role": "field", "surgeon": "Zhang^Wei", "procedure": "Conversion to open",
+               "start": "2026-03-04T08:15:00", "study_date": "2020-01-01"}  # fmt: skip
     with client(sqlite_node) as http:
-        answer = _post_video(
-            http, "/api/videos", video, {"camera_role": "field", "surgeon": "Zhang^Wei"},
-            params={"accession": "A777"},
-        )  # fmt: skip
+        answer = _post_video(http, "/api/videos", video, sidecar, params={"accession": "A777"})
         assert answer.status_code == 201, answer.text
         none = _post_video(http, "/api/videos", video, {}, params={"accession": "NOSUCH"})
+        other = _post_video(http, "/api/videos", video, {**sidecar, "patient_id": "PID-78"},
+                            params={"accession": "A777"})  # fmt: skip
     _is_problem(none, 422, "no study")
+    _is_problem(other, 422, "differs from the study")
     body = answer.json()
     assert body["studyInstanceUid"] == study_uid  # the video joins the study
     stored = _stored(sqlite_node.archive, study_uid)
@@ -199,6 +204,42 @@ def test_accession_fills_the_patient_from_the_study_in_the_index(
     assert video_ds.PatientID == "PID-77" and str(video_ds.PatientName) == "Li^Na"
     assert video_ds.PatientBirthDate == "19800515" and video_ds.PatientSex == "F"
     assert video_ds.PerformingPhysicianName == "Zhang^Wei"
+    # the study's attributes are the study's, not the recording's
+    assert (video_ds.StudyDate, video_ds.StudyTime) == ("20260301", "101500")
+    assert video_ds.StudyDescription == "Appendectomy" and video_ds.AccessionNumber == "A777"
+    assert video_ds.ReferringPhysicianName == "Zhou^Referrer" and video_ds.StudyID == "S-9"
+    # what was done and when it was recorded belong to the video
+    assert video_ds.PerformedProcedureStepDescription == "Conversion to open"
+    assert (video_ds.ContentDate, video_ds.ContentTime) == ("20260304", "081500")
+    assert video_ds.AcquisitionDateTime == "20260304081500"
+
+
+def test_a_part_with_endless_headers_is_refused(
+    sqlite_node: Node, recordings: dict[str, Path]
+) -> None:
+    """Form-part headers are held in memory while parsed: 16 KiB of them is the most (the
+    parser itself allows 8 lines of 4 KiB; older releases had no limit at all)."""
+    boundary = "videoformboundary"
+    padding = "".join(f"X-Padding-{n}: {'x' * 3000}\r\n" for n in range(6))
+    body = (
+        (
+            f"--{boundary}\r\n"
+            'Content-Disposition: form-data; name="sidecar"; filename="s.json"\r\n'
+            f"{padding}\r\n{json.dumps(SIDECAR)}\r\n"
+            f"--{boundary}\r\n"
+            'Content-Disposition: form-data; name="file"; filename="r.mp4"\r\n'
+            "Content-Type: video/mp4\r\n\r\n"
+        ).encode()
+        + recordings["compliant"].read_bytes()
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    with client(sqlite_node) as http:
+        answer = http.post(
+            "/api/videos",
+            content=body,
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        )
+    _is_problem(answer, 400, "headers exceed")
 
 
 def test_bad_uploads_are_refused_and_nothing_is_stored(
@@ -394,3 +435,118 @@ def test_a_sources_file_declares_a_video_folder_and_its_mistakes_are_named(
     partial = {k: v for k, v in entry.items() if k != "worklist_ae"}
     with pytest.raises(ValueError, match="all of worklist_host"):
         video_folder_from_config(partial, sink, workdir=tmp_path, calling_ae="GW")
+
+
+# -- a worklist that matches loosely ------------------------------------------------------
+
+
+@pytest.fixture
+def loose_worklist() -> Iterator[tuple[int, list[Dataset]]]:
+    """A worklist SCP (pynetdicom) answering every query with its items, whatever was asked:
+    the behaviour of a RIS that ignores a key or matches case-insensitively."""
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import ModalityWorklistInformationFind  # type: ignore[attr-defined]
+
+    items: list[Dataset] = []
+
+    def on_find(event: Any) -> Iterator[tuple[int, Dataset | None]]:
+        for item in items:
+            yield 0xFF00, item
+
+    ae = AE(ae_title="LOOSE")
+    ae.add_supported_context(ModalityWorklistInformationFind)
+    [port] = free_ports(1)
+    server = ae.start_server(
+        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_FIND, on_find)]
+    )
+    assert server is not None
+    try:
+        yield port, items
+    finally:
+        server.shutdown()
+
+
+def _scheduled(accession: str, patient_id: str) -> Dataset:
+    item = Dataset()
+    item.PatientID, item.PatientName, item.AccessionNumber = patient_id, "Wu^Lan", accession
+    item.StudyInstanceUID = "1.2.826.0.1.3680043.10.1370.99.1"
+    return item
+
+
+def test_a_worklist_item_for_another_accession_or_patient_is_no_match(
+    loose_worklist: tuple[int, list[Dataset]],
+) -> None:
+    from collectors.worklist import find_worklist_item
+
+    port, items = loose_worklist
+
+    def ask(**keys: str) -> dict[str, Any] | None:
+        return find_worklist_item("127.0.0.1", port, "LOOSE", "ORCAM1", timeout=10, **keys)
+
+    items.append(_scheduled("acc100", "P-1"))  # case differs: not the accession asked for
+    assert ask(accession_number="ACC100") is None
+    items[:] = [_scheduled("ACC100", "P-1")]
+    assert ask(accession_number="ACC100", patient_id="P-2") is None
+    found = ask(accession_number="ACC100")
+    assert found is not None and found["patient_id"] == "P-1"
+    items.append(_scheduled("ACC1000", "P-3"))  # a prefix match left out, the exact one kept
+    found = ask(accession_number="ACC100")
+    assert found is not None and found["patient_id"] == "P-1"
+
+
+# -- the watched folder gives up on a recording that keeps failing ------------------------
+
+
+def test_a_recording_that_keeps_failing_is_given_up_but_a_full_spool_is_waited_for(
+    tmp_path: Path, recordings: dict[str, Path]
+) -> None:
+    """An unexpected error is tried three times, then the recording goes to failed/ with the
+    reason (not re-transcoded every poll forever); "not now" from the spool never counts."""
+    from collectors.intake import SinkResult
+    from collectors.video_folder import VideoFolderCollector
+
+    calls: dict[str, int] = {}
+
+    def sink(data: bytes, origin: str) -> SinkResult:
+        name = Path(origin).name
+        calls[name] = calls.get(name, 0) + 1
+        if name == "BROKEN.mp4":
+            raise RuntimeError("the spool's journal is corrupt")
+        return SinkResult(0xA700, "spool full")  # FULL.mp4: out of resources, try later
+
+    watched = tmp_path / "watched"
+    watched.mkdir()
+    for name in ("BROKEN", "FULL"):
+        shutil.copy(recordings["compliant"], watched / f"{name}.mp4")
+        (watched / f"{name}.json").write_text(json.dumps(SIDECAR))
+    collector = VideoFolderCollector(watched, sink, workdir=tmp_path / "work", settle_seconds=0)
+    for _ in range(6):
+        collector.poll_once()
+    assert calls["BROKEN.mp4"] == 3
+    reason = (watched / "failed" / "BROKEN.reason.txt").read_text()
+    assert "3 attempts" in reason and "journal is corrupt" in reason
+    assert (watched / "failed" / "BROKEN.json").exists()
+    assert calls["FULL.mp4"] >= 4 and (watched / "FULL.mp4").exists()  # still waiting
+    assert not (watched / "failed" / "FULL.reason.txt").exists()
+
+
+def test_a_recording_that_cannot_be_prepared_is_given_up_after_three_attempts(
+    tmp_path: Path, recordings: dict[str, Path]
+) -> None:
+    from collectors.intake import SinkResult
+    from collectors.video_folder import VideoFolderCollector
+
+    def sink(data: bytes, origin: str) -> SinkResult:
+        return SinkResult(0)
+
+    watched = tmp_path / "watched"
+    watched.mkdir()
+    shutil.copy(recordings["compliant"], watched / "ACC9.mp4")
+    (watched / "ACC9.json").write_text(json.dumps(SIDECAR))
+    blocked = tmp_path / "work"
+    blocked.write_text("a file where the work directory should be")
+    collector = VideoFolderCollector(watched, sink, workdir=blocked, settle_seconds=0)
+    reports = [collector.poll_once() for _ in range(4)]
+    assert [r.failed for r in reports] == [0, 1, 1, 0] and reports[3].quarantined == 1
+    reason = (watched / "failed" / "ACC9.reason.txt").read_text()
+    assert "could not prepare (3 attempts)" in reason and "FileExistsError" in reason

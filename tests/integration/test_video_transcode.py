@@ -4,7 +4,10 @@ picture is never enlarged. Inputs are made by Debian's FFmpeg, a fraction of a s
 
 from __future__ import annotations
 
+import random
 import subprocess
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import av
@@ -156,3 +159,54 @@ def test_the_wrap_command_transcodes_like_the_intake_or_refuses_when_asked(
     assert ds.file_meta.TransferSyntaxUID.startswith("1.2.840.10008.1.2.4.10")  # MPEG-4 AVC
     assert ds.PatientID == "P-CLI" and ds.ImageType[0] == "DERIVED"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".video-wrap-")] == []
+
+
+def _in_thread(work: Callable[[], object], seconds: float) -> object:
+    """Run ``work`` in a daemon thread; fail (instead of hanging the run) after ``seconds``."""
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(work())
+        except BaseException as exc:  # handed to the test thread
+            outcome.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert not worker.is_alive(), f"still running after {seconds} s: ffmpeg is stuck"
+    return outcome[0]
+
+
+def test_a_damaged_recording_flooding_ffmpeg_errors_never_hangs_the_intake(
+    tmp_path: Path,
+) -> None:
+    """Decoding errors of a damaged MPEG-4 Part 2 recording fill more than a pipe's 64 KiB of
+    stderr; the transcode must finish (or fail with VideoError) instead of waiting forever."""
+    source = _ffmpeg(tmp_path / "legacy.mp4", "-c:v", "mpeg4", "-c:a", "libmp3lame",
+                     seconds=20, size="160x120")  # fmt: skip
+    data = bytearray(source.read_bytes())
+    noise = random.Random(8)
+    for at in range(len(data) * 5 // 100, len(data) * 85 // 100, 5):  # moov (at the end) kept
+        data[at] = noise.randrange(256)
+    damaged = tmp_path / "damaged.mp4"
+    damaged.write_bytes(bytes(data))
+    facts = probe(damaged)
+    plan = plan_transcode(facts)
+    assert plan is not None and plan.reencode_video
+    outcome = _in_thread(lambda: transcode(damaged, tmp_path / "out.mp4", facts, plan), 60)
+    if isinstance(outcome, BaseException):
+        assert isinstance(outcome, VideoError), outcome
+    else:
+        assert probe(tmp_path / "out.mp4").video_codec == "h264"
+
+
+def test_a_transcode_that_runs_past_its_time_is_stopped(tmp_path: Path) -> None:
+    source = _ffmpeg(tmp_path / "legacy.mp4", "-c:v", "mpeg4", "-c:a", "libmp3lame", seconds=4)
+    facts = probe(source)
+    plan = plan_transcode(facts)
+    assert plan is not None
+    outcome = _in_thread(
+        lambda: transcode(source, tmp_path / "out.mp4", facts, plan, timeout=0.01), 60
+    )
+    assert isinstance(outcome, VideoError) and "did not finish" in outcome.detail

@@ -229,6 +229,7 @@ def test_wrap_keeps_streams_byte_exact(
     facts = probe(source)
     assert (ds.Rows, ds.Columns) == (facts.height, facts.width)
     assert ds.NumberOfFrames == facts.frame_count
+    assert facts.frame_rate
     assert float(ds.FrameTime) == pytest.approx(1000 / facts.frame_rate)
     assert ds.PhotometricInterpretation == "YBR_PARTIAL_420" and ds.BitsAllocated == 8
     assert ds.PatientID == "OR-0001" and ds.PatientBirthDate == "19700504"
@@ -293,3 +294,31 @@ def test_cli_wrap(videos: dict[str, Path], tmp_path: Path) -> None:
         )
         == 2
     )
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"patient_id": "P" * 65}, "'patient_id' has 65 characters; at most 64"),
+        ({"accession_number": "A" * 17}, "'accession_number' has 17 characters; at most 16"),
+        ({"study_instance_uid": "1.2." + "3" * 61}, "not a valid UID"),
+        ({"study_instance_uid": "1.02.3"}, "not a valid UID"),
+        ({"study_instance_uid": "1.2.abc"}, "not a valid UID"),
+    ],
+)
+def test_an_identifier_too_long_is_refused_never_cut_short(
+    videos: dict[str, Path], change: dict[str, str], words: str
+) -> None:
+    """Cut to 64 or 16 characters, an identifier can name another patient or procedure."""
+    with pytest.raises(VideoError, match=words):
+        wrap(videos["small"], {**SIDECAR, **change})
+
+
+def test_descriptive_text_is_cut_to_its_length_and_a_valid_study_uid_kept(
+    videos: dict[str, Path],
+) -> None:
+    uid = "1.2.826.0.1.3680043.10.1370.7.20260304.1"
+    ds = wrap(videos["small"], {**SIDECAR, "procedure": "p" * 100, "study_instance_uid": uid,
+                                "patient_id": "P" * 64, "accession_number": "A" * 16})  # fmt: skip
+    assert ds.StudyDescription == "p" * 64 and ds.StudyInstanceUID == uid
+    assert ds.PatientID == "P" * 64 and ds.AccessionNumber == "A" * 16

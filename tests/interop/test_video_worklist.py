@@ -1,5 +1,6 @@
 """Modality Worklist match against a real Orthanc with its ModalityWorklists plugin: the
-recording named after its accession number gets the scheduled patient, study and surgeon."""
+recording named after its accession number joins the scheduled study with its patient, its
+study attributes and surgeon."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
-from collectors.video_intake import merge_sidecar
+from collectors.video_intake import join_study
 from collectors.video_probe import VideoError
 from collectors.worklist import WorklistUnavailableError, find_worklist_item
 from tests.support.orthanc import OrthancServer
@@ -31,6 +32,7 @@ def _worklist_file(folder: Path, name: str, accession: str, patient_id: str) -> 
     ds.PatientSex = "F"
     ds.AccessionNumber = accession
     ds.StudyInstanceUID = STUDY_UID
+    ds.ReferringPhysicianName = "Chen^Referrer"
     ds.RequestedProcedureDescription = "Laparoscopic cholecystectomy"
     ds.RequestedProcedureID = "RP1"
     step = Dataset()
@@ -75,18 +77,29 @@ def test_one_scheduled_item_fills_the_sidecar(worklist: OrthancServer) -> None:
     )
     assert found == {
         "patient_id": "P-100",
+        "issuer_of_patient_id": "",
         "patient_name": "Li^Hua",
         "birth_date": "1970-05-04",
         "sex": "F",
         "accession_number": "ACC100",
         "study_instance_uid": STUDY_UID,
-        "procedure": "Laparoscopic cholecystectomy",
+        "study_description": "Laparoscopic cholecystectomy",
+        "referring_physician": "Chen^Referrer",
+        "study_id": "RP1",
+        "study_date": "20260304",
+        "study_time": "081500",
+        "procedure": "Lap chole",
         "surgeon": "Wang^Surgeon",
     }
-    # what the recorder's sidecar says explicitly wins over the worklist
-    merged = merge_sidecar({"procedure": "Conversion to open", "camera_role": "endoscope"}, found)
-    assert merged["procedure"] == "Conversion to open"
-    assert merged["patient_id"] == "P-100" and merged["camera_role"] == "endoscope"
+    # the recorder's own account of what was done wins; the study's attributes are the study's
+    joined = join_study(
+        {"procedure": "Conversion to open", "camera_role": "endoscope", "study_date": "20250101"},
+        found,
+    )
+    assert joined["procedure"] == "Conversion to open" and joined["study_date"] == "20260304"
+    assert joined["patient_id"] == "P-100" and joined["camera_role"] == "endoscope"
+    with pytest.raises(VideoError, match="differs from the study"):
+        join_study({"patient_id": "P-999"}, found)
 
 
 def test_no_item_and_several_items(worklist: OrthancServer) -> None:
@@ -145,6 +158,12 @@ def test_a_recording_without_sidecar_is_matched_by_its_file_name(
     ds = pydicom.dcmread(io.BytesIO(received[0]), stop_before_pixels=True)
     assert (ds.PatientID, ds.AccessionNumber, ds.StudyInstanceUID) == ("P-100", "ACC100", STUDY_UID)
     assert ds.PerformingPhysicianName == "Wang^Surgeon"
+    # the study's attributes are the worklist's, whenever and whatever was recorded
+    assert (ds.StudyDate, ds.StudyTime, ds.StudyID) == ("20260304", "081500", "RP1")
+    assert ds.StudyDescription == "Laparoscopic cholecystectomy"
+    assert ds.ReferringPhysicianName == "Chen^Referrer"
+    assert ds.PerformedProcedureStepDescription == "Lap chole"
+    assert ds.ContentDate != "20260304"  # the recording's own start (today, no sidecar)
     assert (watched / "done" / "ACC100.mp4").exists()
     no_match = (watched / "failed" / "ACC404.reason.txt").read_text()
     assert "no worklist item" in no_match
