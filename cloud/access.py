@@ -187,6 +187,31 @@ class AccessPolicy:
             rows = connection.execute(_REVIEW_STUDIES, {"reviewer": reviewer})
             return frozenset(row[0] for row in rows)
 
+    def review_instances(self, reviewer: str) -> tuple[frozenset[str], frozenset[str]]:
+        """The series and SOP instance UIDs of the videos in this expert's open tasks: within
+        the studies `review_studies` admits, the only objects an expert may open (not the
+        study's CT, another surgeon's video or the theatre panorama with staff faces)."""
+        with self._connect() as connection:
+            rows = list(connection.execute(_REVIEW_INSTANCES, {"reviewer": reviewer}))
+        return frozenset(row[0] for row in rows), frozenset(row[1] for row in rows)
+
+    def require_review_reach(
+        self, principal: Principal, series: str | None, instance: str | None
+    ) -> None:
+        """For an expert (scope ``review``), refuse what lies outside their open tasks' videos:
+        a request naming no series (study-level metadata, retrieve, renders return every
+        object of the study), a series or an instance not among the task videos. Other
+        principals pass untouched; their scope is the study."""
+        if principal.scope_kind != "review":
+            return
+        if not series:
+            raise AccessDeniedError(
+                "review experts open the videos of their review tasks only, not whole studies"
+            )
+        series_uids, instance_uids = self.review_instances(principal.name)
+        if series not in series_uids or (instance is not None and instance not in instance_uids):
+            raise AccessDeniedError("this object is not a video of your open review tasks")
+
     def has_grant(self, patient_id: str, hospital_pk: int) -> bool:
         """Whether the patient's active grant lets this hospital see their other studies."""
         values = {"patient_id": patient_id, "hospital_pk": hospital_pk, "now": datetime.now(UTC)}
@@ -233,8 +258,20 @@ class AccessPolicy:
         return owner
 
 
+# What readers without PHI see in place of patient identity (audit log, viewing records).
+REDACTED = "(redacted)"
+
 _REVIEW_STUDIES = (
     select(SurgicalVideo.study_instance_uid)
+    .join(ReviewTaskVideo, ReviewTaskVideo.video_pk == SurgicalVideo.pk)
+    .join(ReviewTask, ReviewTask.pk == ReviewTaskVideo.task_pk)
+    .join(ReviewAssignment, ReviewAssignment.task_pk == ReviewTask.pk)
+    .where(ReviewAssignment.reviewer == bindparam("reviewer"), ReviewTask.status == "open")
+    .distinct()
+)
+
+_REVIEW_INSTANCES = (
+    select(SurgicalVideo.series_instance_uid, SurgicalVideo.sop_instance_uid)
     .join(ReviewTaskVideo, ReviewTaskVideo.video_pk == SurgicalVideo.pk)
     .join(ReviewTask, ReviewTask.pk == ReviewTaskVideo.task_pk)
     .join(ReviewAssignment, ReviewAssignment.task_pk == ReviewTask.pk)

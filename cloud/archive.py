@@ -194,6 +194,10 @@ class Archive:
         """Sessions on the index, for the cloud services built beside the archive."""
         return self._sessions
 
+    def submit_job(self, job_pk: int) -> None:
+        """Hand a lifecycle job row (see `Jobs.create`) to the queue: threads or RQ."""
+        self._job_queue.submit(job_pk)
+
     def use_job_queue(self, queue: JobQueue) -> None:
         """Send lifecycle jobs to ``queue`` (e.g. `cloud.lifecycle_jobs.RedisQueue`)."""
         previous, self._job_queue = self._job_queue, queue

@@ -5,7 +5,14 @@ or a *step* within one, with what was seen and done: tissue, instrument, action,
 followed the guideline (compliance) and a free note. A spoken note, recorded in the browser,
 is kept as a blob in the archive's hot store under ``voice-notes/<sha256>``; study deletion
 (`cloud.deletion`) removes those keys with the study, and deleting or replacing a note removes
-its blob once no other annotation points at the same bytes.
+its blob once no other annotation points at the same bytes. Two notes of identical bytes share
+one blob, so "is it still referenced?" and "write it / point at it" must not interleave: a
+process-wide lock (`_VOICE_NOTE_BLOBS`) makes each of them one step (see `_drop_if_unused`).
+
+Each annotation carries a ``version`` (its ``updated_at`` in microseconds since the epoch, made
+strictly increasing per annotation) for optimistic concurrency: a change sent with the version
+it was based on (HTTP ``If-Match``) is refused with `AnnotationChangedError` (412) when someone
+else changed or removed the annotation meanwhile; one sent without it simply wins.
 
 The title page (procedure, applicant, diagnosis, notes) lives on the catalogue row
 (`cloud.models.SurgicalVideo`); corrections change the row, never the stored DICOM object.
@@ -16,11 +23,12 @@ from __future__ import annotations
 
 import hashlib
 import math
+import threading
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from cloud.blobstore import BlobStore
@@ -53,6 +61,30 @@ class UnsupportedVoiceNoteError(ArchiveError):
 class VoiceNoteTooLargeError(ArchiveError):
     http_status = 413
     title = "Voice note too large"
+
+
+class AnnotationChangedError(ArchiveError):
+    """The annotation is no longer the version the change was based on."""
+
+    http_status = 412
+    title = "Precondition failed"
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_TICK = timedelta(microseconds=1)
+# Held while deciding whether a voice-note blob is still referenced and deleting it, and while
+# writing a blob and committing the annotation that points at it; see `_drop_if_unused`.
+_VOICE_NOTE_BLOBS = threading.Lock()
+
+
+def version_of(updated_at: datetime) -> str:
+    """The annotation's version: its last change in microseconds since the epoch."""
+    return str((_aware(updated_at) - _EPOCH) // _TICK)
+
+
+def _next_moment(previous: datetime) -> datetime:
+    """Now, or just after ``previous``: two changes in one microsecond still differ."""
+    return max(datetime.now(UTC), _aware(previous) + _TICK)
 
 
 @dataclass(frozen=True)
@@ -98,6 +130,7 @@ class VideoFacts:
             "diagnosis": self.diagnosis,
             "operationDate": self.operation_date,
             "operationMinutes": self.operation_minutes,
+            "notes": self.notes,
         }
 
 
@@ -180,6 +213,7 @@ def annotation_json(row: VideoAnnotation, sop_instance_uid: str) -> dict[str, An
         "author": row.author,
         "createdAt": _aware(row.created_at).isoformat(),
         "updatedAt": _aware(row.updated_at).isoformat(),
+        "version": version_of(row.updated_at),
     }
 
 
@@ -282,30 +316,74 @@ class VideoAnnotations:
             return annotation_json(row, video.sop_instance_uid)
 
     def update(
-        self, video: VideoFacts, annotation_id: int, fields: AnnotationFields
+        self,
+        video: VideoFacts,
+        annotation_id: int,
+        fields: AnnotationFields,
+        if_match: str | None = None,
     ) -> dict[str, Any]:
-        """Replace the annotation's content; its author and voice note stay."""
+        """Replace the annotation's content; its author and voice note stay. With
+        ``if_match`` (a version), only if the annotation is still that version."""
         checked = validate(fields, video.duration_s)
         with self._sessions() as session:
             row = self._row(session, video, annotation_id)
-            row.kind, row.start_s, row.end_s = checked.kind, checked.start, checked.end
-            row.label, row.tissue, row.instrument = (
-                checked.label,
-                checked.tissue,
-                checked.instrument,
+            seen = self._expect(row, if_match)
+            changed = session.execute(
+                update(VideoAnnotation)
+                .where(VideoAnnotation.pk == row.pk, VideoAnnotation.updated_at == seen)
+                .values(
+                    kind=checked.kind,
+                    start_s=checked.start,
+                    end_s=checked.end,
+                    label=checked.label,
+                    tissue=checked.tissue,
+                    instrument=checked.instrument,
+                    action=checked.action,
+                    compliance=checked.compliance,
+                    note=checked.note,
+                    updated_at=_next_moment(seen),
+                )
+                .execution_options(synchronize_session=False)
             )
-            row.action, row.compliance, row.note = checked.action, checked.compliance, checked.note
-            row.updated_at = datetime.now(UTC)
+            if _rowcount(changed) != 1:  # changed between our read and our write
+                session.rollback()
+                if if_match is not None:
+                    raise AnnotationChangedError(_changed(annotation_id))
+                return self.update(video, annotation_id, fields)  # unconditional: last wins
             session.commit()
-            return annotation_json(row, video.sop_instance_uid)
+            return self.get(video, annotation_id)
 
-    def delete(self, video: VideoFacts, annotation_id: int) -> None:
+    def delete(self, video: VideoFacts, annotation_id: int, if_match: str | None = None) -> None:
+        """Remove the annotation (with ``if_match``: only if still that version), and its
+        voice note's blob when nothing else points at it."""
         with self._sessions() as session:
             row = self._row(session, video, annotation_id)
+            seen = self._expect(row, if_match)
             key = row.voice_note_key
-            session.delete(row)
+            condition = [VideoAnnotation.pk == row.pk]
+            if if_match is not None:
+                condition.append(VideoAnnotation.updated_at == seen)
+            gone = session.execute(
+                delete(VideoAnnotation)
+                .where(*condition)
+                .execution_options(synchronize_session=False)
+            )
+            if _rowcount(gone) != 1:
+                session.rollback()
+                if if_match is not None:
+                    raise AnnotationChangedError(_changed(annotation_id))
+                raise InstanceNotFoundError(
+                    f"video {video.sop_instance_uid} has no annotation {annotation_id}"
+                )
             session.commit()
         self._drop_if_unused(key)
+
+    @staticmethod
+    def _expect(row: VideoAnnotation, if_match: str | None) -> datetime:
+        """The row's ``updated_at``, after checking it is the version the client expects."""
+        if if_match is not None and version_of(row.updated_at) != if_match:
+            raise AnnotationChangedError(_changed(row.pk))
+        return row.updated_at
 
     def get(self, video: VideoFacts, annotation_id: int) -> dict[str, Any]:
         with self._sessions() as session:
@@ -327,15 +405,16 @@ class VideoAnnotations:
         with self._sessions() as session:
             self._row(session, video, annotation_id)  # 404 before writing anything
         key = f"voice-notes/{hashlib.sha256(data).hexdigest()}"
-        if not self._blobs.exists(key):
-            self._blobs.put(key, data)
-        with self._sessions() as session:
-            row = self._row(session, video, annotation_id)
-            previous = row.voice_note_key
-            row.voice_note_key, row.voice_note_type = key, media_type
-            row.updated_at = datetime.now(UTC)
-            session.commit()
-            answer = annotation_json(row, video.sop_instance_uid)
+        with _VOICE_NOTE_BLOBS:  # no deletion of this blob between our write and our commit
+            if not self._blobs.exists(key):
+                self._blobs.put(key, data)
+            with self._sessions() as session:
+                row = self._row(session, video, annotation_id)
+                previous = row.voice_note_key
+                row.voice_note_key, row.voice_note_type = key, media_type
+                row.updated_at = _next_moment(row.updated_at)
+                session.commit()
+                answer = annotation_json(row, video.sop_instance_uid)
         if previous and previous != key:
             self._drop_if_unused(previous)
         return answer
@@ -349,14 +428,26 @@ class VideoAnnotations:
         return self._blobs.get(key), media_type
 
     def _drop_if_unused(self, key: str) -> None:
+        """Delete the blob if no annotation points at it any more.
+
+        Without the lock, a note of the same bytes being saved at the same moment would find
+        the blob present (so not write it), we would count no reference (its commit not yet
+        made) and delete the blob, and the new annotation would point at nothing. Under the
+        lock the count and the deletion are one step against "write, then commit": the count
+        either sees the committed reference or precedes the write, which then recreates the
+        blob. (One HTTP process per node serves these routes; nodes sharing one hot store
+        and one database would need a database lock instead.)"""
         if not key:
             return
-        with self._sessions() as session:
-            users = session.scalar(
-                select(func.count(VideoAnnotation.pk)).where(VideoAnnotation.voice_note_key == key)
-            )
-        if not users:
-            self._blobs.delete(key)
+        with _VOICE_NOTE_BLOBS:
+            with self._sessions() as session:
+                users = session.scalar(
+                    select(func.count(VideoAnnotation.pk)).where(
+                        VideoAnnotation.voice_note_key == key
+                    )
+                )
+            if not users:
+                self._blobs.delete(key)
 
     @staticmethod
     def _row(session: Session, video: VideoFacts, annotation_id: int) -> VideoAnnotation:
@@ -366,3 +457,15 @@ class VideoAnnotations:
                 f"video {video.sop_instance_uid} has no annotation {annotation_id}"
             )
         return row
+
+
+def _changed(annotation_id: int) -> str:
+    return (
+        f"annotation {annotation_id} was changed or removed since you read it; "
+        "reload it and apply your change again"
+    )
+
+
+def _rowcount(result: Any) -> int:
+    count: int = result.rowcount
+    return count

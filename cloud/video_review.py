@@ -316,6 +316,25 @@ def _comment_dict(row: ReviewComment, sop_of: Mapping[int, str]) -> dict[str, An
     }
 
 
+def _commit_if_open(session: Session, task_pk: int, closed_message: str) -> None:
+    """Commit the pending write only if the task is still open, so a concurrent close wins
+    cleanly (409) instead of a score or a comment landing after it.
+
+    The write is flushed first, then the status is read again in the same transaction: on
+    SQLite the flush took the database's write lock, so no close can commit in between; on
+    PostgreSQL ``FOR SHARE`` waits for a close in progress, reads its outcome, and holds the
+    row until this commit, so a later close waits for the score instead of overtaking it.
+    """
+    session.flush()
+    status = session.scalar(
+        select(ReviewTask.status).where(ReviewTask.pk == task_pk).with_for_update(read=True)
+    )
+    if status != "open":
+        session.rollback()
+        raise ReviewClosedError(closed_message)
+    session.commit()
+
+
 class VideoReviews:
     """Review tasks over the archive's database; every method takes the acting principal."""
 
@@ -399,8 +418,15 @@ class VideoReviews:
         if missing:
             raise ReviewInputError(f"not in the video catalogue: {', '.join(missing)}")
         for uid in sop_uids:
-            # 403 for another hospital's video (hospital admins reach their own only)
-            self._access.require_study(who, "view_details", rows[uid].study_instance_uid)
+            owner = self._access.require_study(who, "view_details", rows[uid].study_instance_uid)
+            # A patient's grant lets a hospital see a study for their care; it is no consent
+            # to show it to an external panel: a hospital's tasks hold its own videos only.
+            if not manages_all(who) and (
+                who.hospital_pk is None or owner.hospital_pk != who.hospital_pk
+            ):
+                raise AccessDeniedError(
+                    f"video {uid} belongs to another hospital; a hospital reviews its own videos"
+                )
         return [rows[uid] for uid in sop_uids]
 
     # --- reading ---------------------------------------------------------------------------
@@ -529,7 +555,9 @@ class VideoReviews:
             row.recommendation = recommendation
             row.comment = comment
             row.submitted_at = datetime.now(UTC)
-            session.commit()
+            _commit_if_open(
+                session, seen.task.pk, f"review task {task_id} is closed; scores are final"
+            )
             return _assignment_dict(row)
 
     def add_comment(self, who: Principal, task_id: int, spec: CommentSpec) -> dict[str, Any]:
@@ -562,7 +590,7 @@ class VideoReviews:
                 created_at=datetime.now(UTC),
             )
             session.add(row)
-            session.commit()
+            _commit_if_open(session, seen.task.pk, f"review task {task_id} is closed")
             return _comment_dict(row, {v.pk: v.sop_instance_uid for v in videos})
 
     def close(self, who: Principal, task_id: int) -> dict[str, Any]:

@@ -11,6 +11,11 @@ current report's exam name, diagnosis against the report's impression and findin
 against the study date, ``q`` against description and report text. Surgeon, applicant,
 minutes, camera role and video class describe recordings only: when one is given, the study
 list keeps only the studies holding the matched videos.
+
+Annotations and the title page's notes are professional evaluation: only principals holding
+``view_video_annotations`` see ``annotationCount`` or have ``q`` match that text
+(`SearchContext.annotations`). An expert (scope ``review``) sees only the videos of their open
+review tasks, not the other recordings of those studies (`SearchContext.video_instances`).
 """
 
 from __future__ import annotations
@@ -130,6 +135,8 @@ class SearchContext:
     scope: StudyScope
     phi: bool
     dialect: str = ""
+    annotations: bool = False  # holds view_video_annotations
+    video_instances: frozenset[str] | None = None  # the only videos it may see (experts)
 
 
 def _contains(column: Any, text: str) -> Any:
@@ -140,8 +147,9 @@ def _terms(q: str) -> list[str]:
     return [term for term in q.split() if term]
 
 
-def video_conditions(filters: VideoFilters) -> list[Any]:
-    """The WHERE conditions on `SurgicalVideo` (and its annotations) for ``filters``."""
+def video_conditions(filters: VideoFilters, *, annotations: bool = False) -> list[Any]:
+    """The WHERE conditions on `SurgicalVideo` for ``filters``; with ``annotations``, ``q``
+    also searches the annotations' labels and notes and the title page's notes."""
     v = SurgicalVideo
     where: list[Any] = []
     for column, text in (
@@ -171,20 +179,29 @@ def video_conditions(filters: VideoFilters) -> list[Any]:
             )
         )
     for term in _terms(filters.q):
-        annotated = exists().where(
-            VideoAnnotation.video_pk == v.pk,
-            or_(_contains(VideoAnnotation.label, term), _contains(VideoAnnotation.note, term)),
-        )
-        texts = (v.procedure, v.diagnosis, v.surgeon, v.applicant, v.notes)
-        where.append(or_(*(_contains(column, term) for column in texts), annotated))
+        matches = [_contains(column, term) for column in (v.procedure, v.diagnosis, v.surgeon,
+                                                           v.applicant)]  # fmt: skip
+        if annotations:
+            annotated = exists().where(
+                VideoAnnotation.video_pk == v.pk,
+                or_(_contains(VideoAnnotation.label, term), _contains(VideoAnnotation.note, term)),
+            )
+            matches += [_contains(v.notes, term), annotated]
+        where.append(or_(*matches))
     return where
 
 
 def _videos_in_scope(context: SearchContext, filters: VideoFilters) -> Select[Any]:
+    where = [
+        context.scope.condition(context.dialect),
+        *video_conditions(filters, annotations=context.annotations),
+    ]
+    if context.video_instances is not None:
+        where.append(SurgicalVideo.sop_instance_uid.in_(sorted(context.video_instances)))
     return (
         select(SurgicalVideo.pk)
         .join(Study, Study.study_instance_uid == SurgicalVideo.study_instance_uid)
-        .where(context.scope.condition(context.dialect), *video_conditions(filters))
+        .where(*where)
     )
 
 
@@ -194,10 +211,11 @@ def _videos_in_scope(context: SearchContext, filters: VideoFilters) -> Select[An
 def video_summary(
     video: SurgicalVideo,
     hospital_id: str | None,
-    annotation_count: int,
+    annotation_count: int | None,
     patient: tuple[str, str] | None,
 ) -> dict[str, Any]:
-    """One video as every list shows it; ``patient`` (ID, name) only for principals with PHI."""
+    """One video as every list shows it; ``patient`` (ID, name) only for principals with PHI,
+    ``annotation_count`` only for those who may read the annotations (None: left out)."""
     st, se, sop = video.study_instance_uid, video.series_instance_uid, video.sop_instance_uid
     found: dict[str, Any] = {
         "sopInstanceUid": sop,
@@ -215,12 +233,13 @@ def video_summary(
         "durationSeconds": video.duration_s,
         "width": video.width,
         "height": video.height,
-        "definition": video.definition,
+        "definition": "HD" if video.definition == "H>S" else video.definition,  # downgrading
         "frameRate": video.frame_rate,
-        "annotationCount": annotation_count,
         "viewerUrl": f"/viewer/?study={st}",
         "renderedPath": f"/studies/{st}/series/{se}/instances/{sop}",
     }
+    if annotation_count is not None:
+        found["annotationCount"] = annotation_count
     if patient is not None:
         found["patientId"], found["patientName"] = patient[0], display_name(patient[1])
     return found
@@ -250,7 +269,9 @@ def _summary_rows() -> Select[Any]:
     )
 
 
-def video_by_sop(session: Session, sop_instance_uid: str, *, phi: bool) -> dict[str, Any] | None:
+def video_by_sop(
+    session: Session, sop_instance_uid: str, *, phi: bool, annotations: bool = False
+) -> dict[str, Any] | None:
     """One video's summary, scope aside (the caller has admitted the principal)."""
     row = session.execute(
         _summary_rows().where(SurgicalVideo.sop_instance_uid == sop_instance_uid)
@@ -258,7 +279,8 @@ def video_by_sop(session: Session, sop_instance_uid: str, *, phi: bool) -> dict[
     if row is None:
         return None
     video, hospital_id, count, pid, name = row
-    return video_summary(video, hospital_id, count or 0, (pid, name) if phi else None)
+    shown = (count or 0) if annotations else None
+    return video_summary(video, hospital_id, shown, (pid, name) if phi else None)
 
 
 def search_videos(
@@ -280,7 +302,12 @@ def search_videos(
         .offset(filters.offset)
     ).all()
     return total, [
-        video_summary(video, hospital_id, count or 0, (pid, name) if context.phi else None)
+        video_summary(
+            video,
+            hospital_id,
+            (count or 0) if context.annotations else None,
+            (pid, name) if context.phi else None,
+        )
         for video, hospital_id, count, pid, name in rows
     ]
 
@@ -292,7 +319,7 @@ def _current_report() -> Any:
     return select(Report).where(Report.current.is_(True)).subquery("current_report")
 
 
-def study_conditions(filters: VideoFilters, report: Any) -> list[Any]:
+def study_conditions(filters: VideoFilters, report: Any, *, annotations: bool = False) -> list[Any]:
     """The WHERE conditions on `Study` (and its current report) for ``filters``."""
     where: list[Any] = []
     if filters.procedure:
@@ -330,7 +357,7 @@ def study_conditions(filters: VideoFilters, report: Any) -> list[Any]:
     if filters.video_only:
         holding = (
             select(SurgicalVideo.study_instance_uid)
-            .where(*video_conditions(filters))
+            .where(*video_conditions(filters, annotations=annotations))
             .correlate(None)
         )
         where.append(Study.study_instance_uid.in_(holding))
@@ -345,7 +372,10 @@ def search_studies(
     base = (
         select(Study.pk)
         .outerjoin(report, report.c.study_instance_uid == Study.study_instance_uid)
-        .where(context.scope.condition(context.dialect), *study_conditions(filters, report))
+        .where(
+            context.scope.condition(context.dialect),
+            *study_conditions(filters, report, annotations=context.annotations),
+        )
     )
     matched = base.subquery()
     total = session.scalar(select(func.count(func.distinct(matched.c.pk)))) or 0

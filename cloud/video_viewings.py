@@ -20,9 +20,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from cloud.access import AccessDeniedError, AccessPolicy, Principal
+from cloud.access import REDACTED, AccessDeniedError, AccessPolicy, Principal
 from cloud.errors import InstanceNotFoundError
-from cloud.models import Hospital, ReviewAssignment, ReviewTask, ReviewTaskVideo, SurgicalVideo
+from cloud.models import Hospital, ReviewTaskVideo, SurgicalVideo
 from cloud.models import VideoViewing as ViewingRow
 from cloud.video_review import (
     MANAGE,
@@ -36,6 +36,7 @@ from cloud.video_review import (
 PLAYBACK = "streaming_playback"
 EXPERT_PANEL = "expert panel"
 VIEWING_ID = re.compile(r"^[A-Za-z0-9_-]{16,32}$")
+NO_SUCH_TASK = "no such review task"
 
 
 @dataclass(frozen=True)
@@ -67,11 +68,20 @@ def organisation_of(session: Session, who: Principal) -> str:
     return who.scope_kind  # platform | region
 
 
-def _row_dict(row: ViewingRow, sop_instance_uid: str) -> dict[str, Any]:
+def viewer_as_seen(row: ViewingRow, who: Principal) -> str:
+    """The viewer's name as ``who`` may read it: a patient's name is ``patient:<PatientID>``,
+    so a reader without patient identity (``phi = false``, e.g. the auditor) sees it
+    redacted, as the audit log shows it to them."""
+    if row.viewer_kind == "patient" and not who.phi:
+        return f"patient:{REDACTED}"
+    return row.viewer
+
+
+def _row_dict(row: ViewingRow, sop_instance_uid: str, who: Principal) -> dict[str, Any]:
     return {
         "viewingId": row.viewing_id,
         "sopInstanceUid": sop_instance_uid,
-        "viewer": row.viewer,
+        "viewer": viewer_as_seen(row, who),
         "viewerKind": row.viewer_kind,
         "organisation": row.organisation,
         "startedAt": iso(row.started_at),
@@ -132,19 +142,15 @@ class VideoViewings:
 
     @staticmethod
     def _check_task(session: Session, who: Principal, task_id: int, video_pk: int) -> None:
-        task = session.get(ReviewTask, task_id)
-        if who.scope_kind == "review":
-            assigned = session.scalar(
-                select(ReviewAssignment.pk).where(
-                    ReviewAssignment.task_pk == task_id, ReviewAssignment.reviewer == who.name
-                )
-            )
-            if task is None or assigned is None:
-                raise AccessDeniedError("this review task is not assigned to you")
-            if task.status != "open":
-                raise ReviewClosedError(f"review task {task_id} is closed")
-        elif task is None:
-            raise ReviewInputError(f"no review task {task_id}")
+        """A viewing counts towards a task only for those who see the task: its assigned
+        experts (while it is open) and its managers. Anyone else gets the same 404 whether
+        the task exists or not, so a task id can neither be forged nor probed."""
+        try:
+            seen = visible_task(session, who, task_id)
+        except InstanceNotFoundError:
+            raise InstanceNotFoundError(NO_SUCH_TASK) from None
+        if seen.task.status != "open":
+            raise ReviewClosedError(f"review task {task_id} is closed")
         held = session.scalar(
             select(ReviewTaskVideo.pk).where(
                 ReviewTaskVideo.task_pk == task_id, ReviewTaskVideo.video_pk == video_pk
@@ -179,7 +185,8 @@ class VideoViewings:
 
     def for_video(self, who: Principal, sop_instance_uid: str) -> tuple[str, list[dict[str, Any]]]:
         """Every viewing of one video, oldest first, for a manager or a ``view_logs`` holder
-        whose scope reaches its study. Returns the study too (for the audit entry)."""
+        whose scope reaches its study (regional auditors: every study), patient viewers
+        redacted for readers without PHI. Returns the study too (for the audit entry)."""
         permission = MANAGE if who.may(MANAGE) else "view_logs"
         with self._sessions() as session:
             video = self._video(session, sop_instance_uid)
@@ -189,7 +196,7 @@ class VideoViewings:
                 .where(ViewingRow.video_pk == video.pk)
                 .order_by(ViewingRow.started_at, ViewingRow.pk)
             )
-            return video.study_instance_uid, [_row_dict(r, sop_instance_uid) for r in rows]
+            return video.study_instance_uid, [_row_dict(r, sop_instance_uid, who) for r in rows]
 
     def for_task(self, who: Principal, task_id: int) -> list[dict[str, Any]]:
         """Every viewing made within a task, for its managers."""
@@ -204,4 +211,4 @@ class VideoViewings:
                 .where(ViewingRow.task_pk == task_id)
                 .order_by(ViewingRow.started_at, ViewingRow.pk)
             )
-            return [_row_dict(row, sop) for row, sop in rows]
+            return [_row_dict(row, sop, who) for row, sop in rows]

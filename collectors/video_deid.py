@@ -37,7 +37,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from collectors.video_probe import VideoError, probe
+from collectors.video_probe import VideoError, VideoFacts, probe
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +83,18 @@ class DeidReport:
     def regions_masked(self) -> list[Box]:
         return self.text_regions_configured + self.text_regions_detected
 
+    @property
+    def text_cleaned(self) -> bool:
+        """Whether burned-in text was looked for over the whole picture: regions were given,
+        or detection ran on a changing scene. Only then may the copy claim clean pixels."""
+        return bool(self.text_regions_configured) or self.text_detection == "done"
+
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "faces_found": self.faces_found}
+        return {
+            **asdict(self),
+            "faces_found": self.faces_found,
+            "text_cleaned": self.text_cleaned,
+        }
 
 
 # --- faces ------------------------------------------------------------------------------------
@@ -318,6 +328,39 @@ def deidentify_mp4(
         height=height,
         frame_rate=float(rate),
     )
+    try:
+        _clean_pixels(source, target, facts, report, blur_faces, detect_text, audio, progress)
+    except (av.error.FFmpegError, OSError) as exc:
+        # A damaged stream (or a failing encoder / full disk) is the input's or the
+        # operator's problem, never an internal error.
+        raise VideoError(f"the recording cannot be decoded or re-encoded: {exc}") from exc
+    logger.info(
+        "de-identified %s: %d frames, %d faces found, %d regions masked, audio %s",
+        source.name,
+        report.frames_processed,
+        report.faces_found,
+        len(report.regions_masked),
+        report.audio,
+    )
+    return report
+
+
+def _clean_pixels(
+    source: Path,
+    target: Path,
+    facts: VideoFacts,
+    report: DeidReport,
+    blur_faces: bool,
+    detect_text: bool,
+    audio: AudioAction,
+    progress: Progress | None,
+) -> None:
+    """The decode, mask and encode pass of `deidentify_mp4`, filling ``report``."""
+    import av
+
+    width, height = report.width, report.height
+    rate = Fraction(report.frame_rate).limit_denominator(1001)
+    interval = report.detection_interval
     if detect_text:
         samples = _sample_frames(source, TEXT_SAMPLES, facts.frame_count)
         found, changing = static_text_regions(samples)
@@ -373,15 +416,6 @@ def deidentify_mp4(
             for packet in encoder.encode():
                 out.mux(packet)
         _finish(source, silent, target, facts.has_audio, audio, facts.audio_sample_rate, report)
-    logger.info(
-        "de-identified %s: %d frames, %d faces found, %d regions masked, audio %s",
-        source.name,
-        report.frames_processed,
-        report.faces_found,
-        len(report.regions_masked),
-        report.audio,
-    )
-    return report
 
 
 def _finish(

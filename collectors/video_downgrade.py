@@ -7,19 +7,26 @@ with the aspect kept (an even width), about 1000 kbit/s, audio copied when it is
 MPEG-4 transfer syntaxes hold as is. `rewrap_like` puts a new stream under an existing
 object's header, with the Image Pixel and Cine attributes and the transfer syntax the new
 stream calls for (the caller changes the identity: a new SOP Instance UID, derivation).
+`header_like` and `write_part10` do the same without holding the stream in memory: the header
+alone, then the file written with the MP4 streamed in after it (a multi-GB recording is never
+read whole).
 """
 
 from __future__ import annotations
 
 import copy
 import shutil
+import struct
 import subprocess
 from pathlib import Path
 
 from pydicom.dataset import Dataset
+from pydicom.filewriter import dcmwrite
 
 from collectors.video_probe import VideoError, VideoFacts, probe
-from collectors.video_wrap import wrap
+from collectors.video_wrap import wrap, wrap_header, wrap_plan
+
+_CHUNK = 1024 * 1024
 
 SD_HEIGHT = 576
 SD_VIDEO_KBPS = 1000
@@ -101,3 +108,48 @@ def rewrap_like(header: Dataset, mp4_path: str | Path) -> Dataset:
     out.file_meta.MediaStorageSOPInstanceUID = out.SOPInstanceUID
     out.set_original_encoding(False, True)
     return out
+
+
+def header_like(header: Dataset, mp4_path: str | Path) -> Dataset:
+    """`rewrap_like` without Pixel Data: ``header``'s attributes with the stream attributes and
+    File Meta (transfer syntax) of the MP4 at ``mp4_path``, which is only probed, not read."""
+    facts, ts_uid, remux = wrap_plan(mp4_path)
+    if remux:
+        raise VideoError("the stream must be an MP4 to be re-wrapped (not MOV/MPEG-TS)")
+    fresh = wrap_header(facts, {"patient_id": "rewrap"}, ts_uid)
+    out = Dataset()
+    for element in header:
+        if element.keyword != "PixelData" and element.keyword not in STREAM_ATTRIBUTES:
+            out.add(copy.deepcopy(element))
+    for keyword in STREAM_ATTRIBUTES:
+        if keyword in fresh:
+            setattr(out, keyword, fresh[keyword].value)
+    out.file_meta = copy.deepcopy(fresh.file_meta)
+    out.file_meta.MediaStorageSOPClassUID = out.SOPClassUID
+    out.file_meta.MediaStorageSOPInstanceUID = out.SOPInstanceUID
+    out.set_original_encoding(False, True)
+    return out
+
+
+def write_part10(header: Dataset, mp4_path: str | Path, out_path: str | Path) -> int:
+    """Write ``header`` (no Pixel Data; its File Meta names the transfer syntax) and the MP4
+    as its encapsulated Pixel Data (empty Basic Offset Table, one fragment) to ``out_path``,
+    streaming the MP4 in chunks. Returns the bytes written."""
+    source, target = Path(mp4_path), Path(out_path)
+    size = source.stat().st_size
+    padded = size + size % 2
+    if padded > 0xFFFFFFFE:
+        raise VideoError("recording larger than 4 GiB; a single fragment cannot hold it")
+    if "PixelData" in header:
+        raise ValueError("write_part10 takes a header without Pixel Data")
+    with target.open("wb") as out, source.open("rb") as stream:
+        dcmwrite(out, header, enforce_file_format=True)
+        # (7FE0,0010) OB, undefined length; an empty Basic Offset Table item; one fragment.
+        out.write(struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, 0xFFFFFFFF))
+        out.write(struct.pack("<HHI", 0xFFFE, 0xE000, 0))
+        out.write(struct.pack("<HHI", 0xFFFE, 0xE000, padded))
+        shutil.copyfileobj(stream, out, _CHUNK)
+        if size % 2:
+            out.write(b"\x00")
+        out.write(struct.pack("<HHI", 0xFFFE, 0xE0DD, 0))
+        return out.tell()

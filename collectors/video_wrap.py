@@ -146,8 +146,8 @@ def validate_sidecar(sidecar: dict[str, Any]) -> dict[str, Any]:
     return sidecar
 
 
-def _header(facts: VideoFacts, sidecar: dict[str, Any], ts_uid: str) -> Dataset:
-    """Every attribute but Pixel Data."""
+def wrap_header(facts: VideoFacts, sidecar: dict[str, Any], ts_uid: str) -> Dataset:
+    """Every attribute but Pixel Data (also used to re-wrap a new stream under an old header)."""
     validate_sidecar(sidecar)
     role = sidecar.get("camera_role", "field")
     start = _start(sidecar)
@@ -240,7 +240,8 @@ def _header(facts: VideoFacts, sidecar: dict[str, Any], ts_uid: str) -> Dataset:
     return ds
 
 
-def _plan(path: str | Path) -> tuple[VideoFacts, str, bool]:
+def wrap_plan(path: str | Path) -> tuple[VideoFacts, str, bool]:
+    """The recording's facts, its transfer syntax, and whether it must be remuxed to MP4."""
     facts = probe(path)
     encoding = dicom_encoding(facts)
     if not encoding.wrappable or encoding.transfer_syntax_uid is None:
@@ -294,8 +295,8 @@ def wrap(mp4_path: str | Path, sidecar: dict[str, Any]) -> Dataset:
     VideoError
         Unreadable file, bad sidecar, or a stream that no transfer syntax takes as is.
     """
-    facts, ts_uid, remux = _plan(mp4_path)
-    ds = _header(facts, sidecar, ts_uid)
+    facts, ts_uid, remux = wrap_plan(mp4_path)
+    ds = wrap_header(facts, sidecar, ts_uid)
     with _payload(mp4_path, remux) as payload:
         data = payload.read_bytes()
     ds.PixelData = encapsulate([data], has_bot=False)  # pads an odd length with one NUL
@@ -327,8 +328,8 @@ def write(
 
     Returns the header (without Pixel Data). `progress` is called with each chunk's size.
     """
-    facts, ts_uid, remux = _plan(mp4_path)
-    ds = _header(facts, sidecar, ts_uid)
+    facts, ts_uid, remux = wrap_plan(mp4_path)
+    ds = wrap_header(facts, sidecar, ts_uid)
     out = Path(out_path)
     with _payload(mp4_path, remux) as payload:
         size = payload.stat().st_size

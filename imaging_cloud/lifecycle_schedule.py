@@ -2,12 +2,15 @@
 
 Every ``lifecycle_check_seconds`` one pass classifies the studies received since the last one
 (retention), maps their exam codes to the region's, scores the data quality of new and changed
-studies, moves series unused for ``cold_after_days`` to the cold tier, replaces HD surgical
-recordings by SD copies once their class's ``downgrade_to_sd_after_days`` has passed (at most
-`VIDEO_DOWNGRADES_PER_PASS` a pass: each is a re-encoding), and backs the index up
-when a backup is due (hourly with level 3-4 data, daily otherwise). In the embedded default
-the node runs it; in the production shape one ``imaging-cloud worker`` does, and the API
-processes set ``lifecycle_schedule = false``. A failing step is logged and the next one runs.
+studies, moves series unused for ``cold_after_days`` to the cold tier, backs the index up
+when a backup is due (hourly with level 3-4 data, daily otherwise), and last queues the
+replacement of HD surgical recordings by SD copies once their class's
+``downgrade_to_sd_after_days`` has passed: one ``video_downgrade`` lifecycle job per video (at
+most `VIDEO_DOWNGRADES_PER_PASS` a pass), since each is a re-encoding that must not hold up
+the pass (the jobs run on the job queue: this process's threads, or the workers). In the
+embedded default the node runs it; in the production shape one ``imaging-cloud worker`` does,
+and the API processes set ``lifecycle_schedule = false``. A failing step is logged and the
+next one runs.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from cloud.lifecycle_jobs import Progress
 from cloud.quality import QualityScorer
 from cloud.retention import Retention
 from cloud.scrub import Scrubber
-from cloud.video_derivatives import downgrade_due
+from cloud.video_derivatives import downgrade_video, due_for_sd
 from imaging_cloud.settings import Settings, index_backup_dir
 from imaging_cloud.video_processing_cli import make_sd_copy
 
@@ -46,8 +49,20 @@ def register_lifecycle_jobs(archive: Archive, settings: Settings) -> None:
         report.pop("problems", None)  # the counts for the job; the problems are in the log
         return report
 
+    def video_downgrade(target: str, progress: Progress) -> dict[str, Any]:
+        due = due_for_sd(archive, sop_instance_uid=target)
+        if not due:
+            return {"video": target, "state": "not due"}  # done already, held, or not due
+        progress(0, 1)
+        done = downgrade_video(archive, due[0], make_sd_copy)
+        progress(1, 1)
+        if done is None:
+            return {"video": target, "state": "another run has it"}
+        return {"video": target, "state": "downgraded", "sd": done.sd_uid}
+
     archive.job_runner.register("tier", tier)
     archive.job_runner.register("scrub", scrub)
+    archive.job_runner.register("video_downgrade", video_downgrade)
 
 
 class LifecycleSchedule:
@@ -72,8 +87,8 @@ class LifecycleSchedule:
             ("exam_codes", lambda: self._exam_codes.normalise_new(limit=2000)),
             ("quality", lambda: self._quality.score_due(limit=500)),
             ("tier", self._tier),
-            ("video_downgrade", self._video_downgrade),
             ("backup", self._backup),
+            ("video_downgrade", self._video_downgrade),
         ]
 
     def run_once(self) -> dict[str, Any]:
@@ -117,8 +132,17 @@ class LifecycleSchedule:
         return int(view.detail.get("series", 0))
 
     def _video_downgrade(self) -> dict[str, int]:
-        done, failed = downgrade_due(self._archive, make_sd_copy, limit=VIDEO_DOWNGRADES_PER_PASS)
-        return {"downgraded": len(done), "failed": len(failed)}
+        """Queue a ``video_downgrade`` job per due video (one already queued or running for
+        the same video is joined, not repeated); how many were queued."""
+        queued = 0
+        for video in due_for_sd(self._archive, limit=VIDEO_DOWNGRADES_PER_PASS):
+            job_pk, new = self._archive.jobs.create(
+                "video_downgrade", video.sop_instance_uid, requested_by="schedule"
+            )
+            if new:
+                self._archive.submit_job(job_pk)
+                queued += 1
+        return {"queued": queued}
 
     def _backup(self) -> str:
         made = self._backups.run_if_due()

@@ -10,19 +10,20 @@ recordings (the HTTP teaching export answers synchronously).
 
 ``video downgrade`` replaces the HD recordings whose class has ``downgrade_to_sd_after_days``
 in ``config/retention.toml`` (``--older-than-days`` instead of the class's days) by their
-576-line copies (`cloud.video_derivatives`); ``--dry-run`` lists them and changes nothing.
-The periodic lifecycle pass runs the same step.
+576-line copies (`cloud.video_derivatives`); ``--dry-run`` lists them and changes nothing;
+``--release-claims`` gives back the claims of runs that died before storing their copy (run it
+only when no downgrade is running). The periodic lifecycle pass queues the same step as
+``video_downgrade`` lifecycle jobs.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import secrets
 import sys
-import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,26 +34,29 @@ from pydicom.errors import InvalidDicomError
 from cloud.archive import Archive
 from cloud.deidentify import export_key
 from cloud.errors import ArchiveError
-from cloud.video_derivatives import downgrade_due, due_for_sd, part10
+from cloud.video_derivatives import downgrade_due, due_for_sd, release_claims
 from collectors.video_deid import AUDIO_ACTIONS, deidentify_mp4
-from collectors.video_downgrade import downgrade_to_sd, rewrap_like
+from collectors.video_downgrade import downgrade_to_sd, header_like, write_part10
 from collectors.video_probe import VideoError
 from imaging_cloud.progress import add_progress_option, progress_bar, show_progress
 from imaging_cloud.settings import load_settings, open_archive
-from viewer_api.video_api import mp4_bytes
-from viewer_api.video_export_api import teaching_copy
+from viewer_api.video_export_api import extract_mp4, teaching_copy_file
 
 EXIT_WRITTEN, EXIT_FAILED, EXIT_UNREADABLE = 0, 1, 2
 
 
-def make_sd_copy(original: Dataset) -> Dataset:
-    """``original``'s header around the SD re-encoding of its stream (the `SdMaker` that
-    `cloud.video_derivatives` is given; the caller gives it its new identity)."""
-    with tempfile.TemporaryDirectory(prefix="video-sd-") as tmp:
-        source, target = Path(tmp) / "hd.mp4", Path(tmp) / "sd.mp4"
-        source.write_bytes(mp4_bytes(original))
-        downgrade_to_sd(source, target)
-        return rewrap_like(original, target)
+def make_sd_copy(
+    read: Callable[[], bytes], identify: Callable[[Dataset], Dataset], folder: Path
+) -> Path:
+    """The `cloud.video_derivatives.SdMaker`: the HD stream written straight from the stored
+    object's Pixel Data fragments to a file (the object's bytes dropped then), re-encoded to
+    SD, and the SD Part-10 file written with the stream copied in after the header."""
+    hd, sd, out = folder / "hd.mp4", folder / "sd.mp4", folder / "sd.dcm"
+    header = extract_mp4(read(), hd)
+    downgrade_to_sd(hd, sd)
+    hd.unlink()
+    write_part10(identify(header_like(header, sd)), sd, out)
+    return out
 
 
 def _region(text: str) -> list[float]:
@@ -66,14 +70,14 @@ def _region(text: str) -> list[float]:
 
 
 def _read_dicom(path: Path) -> Dataset | None:
-    """The file as DICOM, or None when it is not DICOM (then it is taken for an MP4)."""
+    """The file's DICOM header, or None when it is not DICOM (then it is taken for an MP4)."""
     with path.open("rb") as handle:
         head = handle.read(132)
     if head[128:132] != b"DICM" and path.suffix.lower() != ".dcm":
         return None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return dcmread(io.BytesIO(path.read_bytes()))
+        return dcmread(path, stop_before_pixels=True)
 
 
 def _deidentify(args: argparse.Namespace) -> int:
@@ -100,8 +104,9 @@ def _deidentify(args: argparse.Namespace) -> int:
             if original is None:
                 report = deidentify_mp4(source, args.output, progress=update, **options)
             else:
-                clean, report = teaching_copy(original, _key(args), progress=update, **options)
-                args.output.write_bytes(part10(clean))
+                _, report = teaching_copy_file(
+                    source.read_bytes, _key(args), args.output, progress=update, **options
+                )
         except VideoError as exc:
             print(f"imaging-cloud video deidentify: {exc.detail}", file=sys.stderr)
             return EXIT_UNREADABLE if "readable" in exc.detail else EXIT_FAILED
@@ -141,6 +146,12 @@ def _open(args: argparse.Namespace) -> Archive:
 def _downgrade(args: argparse.Namespace) -> int:
     archive = _open(args)
     try:
+        if args.release_claims:
+            released = release_claims(archive)
+            for uid in released:
+                print(f"{uid}: claim released (stays HD)")
+            print(f"{len(released)} claims released")
+            return 0
         if args.dry_run:
             due = due_for_sd(archive, older_than_days=args.older_than_days, limit=args.limit)
             for video in due:
@@ -148,6 +159,7 @@ def _downgrade(args: argparse.Namespace) -> int:
                     f"{video.study_instance_uid} {video.sop_instance_uid} {video.video_class} "
                     f"{video.height} lines, since {video.since.isoformat()} "
                     f"(after {video.after_days} days)"
+                    + (" [claimed by an earlier run]" if video.claimed else "")
                 )
             print(f"{len(due)} videos would be downgraded to standard definition (dry run)")
             return 0
@@ -201,6 +213,10 @@ def add_processing_commands(actions: Any) -> None:
     )  # fmt: skip
     down.add_argument("--limit", type=int, help="at most this many videos")
     down.add_argument("--dry-run", action="store_true", help="list them, change nothing")
+    down.add_argument(
+        "--release-claims", action="store_true",
+        help="release claims of runs that died before storing their SD copy (none running)",
+    )  # fmt: skip
     suppress = argparse.SUPPRESS
     down.add_argument("--data-dir", type=Path, default=suppress, help="the node's data dir")
     down.add_argument("--database-url", default=suppress, help="index URL")

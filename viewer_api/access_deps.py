@@ -3,9 +3,10 @@
 `principal` resolves the bearer token (a staff user, a signed-in patient or an opened share
 link) on every request, so a suspended account or a revoked link stops working at once.
 `require(permission)` guards routes without a study; `study_access(permission)` guards routes
-with ``{study}`` in the path: permission, then scope, then the audit entry. Refusals of a
-signed-in principal are audited too (outcome ``denied``), since attempts beyond one's role are
-what the anomaly rules watch.
+with ``{study}`` in the path: permission, then scope, then the audit entry. An expert
+(scope ``review``) reaches only the series and instances of their open tasks' videos, so
+study-level routes refuse them. Refusals of a signed-in principal are audited too (outcome
+``denied``), since attempts beyond one's role are what the anomaly rules watch.
 """
 
 from __future__ import annotations
@@ -148,12 +149,14 @@ def study_access(permission: str) -> Callable[..., Awaitable[StudyGrant]]:
                 )
             claims = tokens.claims(token)
         address, path = client_address(request), request.url.path
+        series, instance = _object_of(request)
 
         def admit() -> StudyGrant:
             who = known or _resolve(archive, claims or {})
             request.state.principal = who
             try:
                 owner = archive.access.require_study(who, permission, study)
+                archive.access.require_review_reach(who, series, instance)
             except AccessDeniedError:
                 archive.audit.append(
                     _entry(who, address, "access", outcome="denied", study_instance_uid=study,
@@ -172,6 +175,19 @@ def study_access(permission: str) -> Callable[..., Awaitable[StudyGrant]]:
         return await run_in_threadpool(admit)
 
     return check
+
+
+def _object_of(request: Request) -> tuple[str | None, str | None]:
+    """The series and instance a study route names, if any (``{sop}`` in the viewer's frame
+    renders): an expert's reach is narrower than the study, see
+    `AccessPolicy.require_review_reach`."""
+    params = request.path_params
+    series = params.get("series")
+    instance = params.get("instance", params.get("sop"))
+    return (
+        str(series) if series is not None else None,
+        str(instance) if instance is not None else None,
+    )
 
 
 async def search_scope(request: Request, who: PrincipalDep, archive: ArchiveDep) -> Principal:

@@ -18,7 +18,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 
-from cloud.access import AccessDeniedError, Principal
+from cloud.access import REDACTED, AccessDeniedError, Principal
 from cloud.archive import Archive
 from cloud.audit_anomalies import KINDS, list_alerts
 from cloud.audit_export import export_lines
@@ -31,7 +31,6 @@ from viewer_api.problems import HTTPProblem
 router = APIRouter(prefix="/api/audit", tags=["audit"])
 
 AuditorDep = Annotated[Principal, Depends(require("view_logs"))]
-REDACTED = "(redacted)"
 MEDIA_TYPES = {"jsonl": "application/x-ndjson", "syslog": "text/plain; charset=utf-8"}
 
 

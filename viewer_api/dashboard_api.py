@@ -20,11 +20,9 @@ CSP); it draws with plotly.js, served from the installed ``plotly`` package at
 from __future__ import annotations
 
 import base64
-import csv
 import gzip
 import hashlib
 import importlib.util
-import io
 import re
 import threading
 from dataclasses import replace
@@ -49,6 +47,7 @@ from cloud.statistics import (
 )
 from cloud.statistics_metrics import metric_catalogue
 from viewer_api.access_deps import audit_entry, require
+from viewer_api.csv_export import csv_response
 from viewer_api.deps import ArchiveDep
 from viewer_api.problems import HTTPProblem
 from viewer_api.web import PAGE_HEADERS, STATIC_DIR, load_static
@@ -138,31 +137,9 @@ def _table_json(table: StatisticsTable, timezone: str) -> dict[str, Any]:
     }
 
 
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
-def _cell(value: Any) -> Any:
-    """A cell Excel will not run as a formula (names starting with ``=`` etc. are quoted)."""
-    if value is None:
-        return ""
-    if isinstance(value, str) and value.startswith(_FORMULA_START):
-        return "'" + value
-    return value
-
-
 def _csv(table: StatisticsTable) -> Response:
-    buffer = io.StringIO()
-    buffer.write("\ufeff")  # Excel opens UTF-8 only with the byte-order mark
-    writer = csv.writer(buffer, lineterminator="\r\n")
-    for line in as_csv_rows(table):
-        writer.writerow([_cell(value) for value in line])
     name = "-".join(part for part in (table.metric, table.query.period, table.query.by))
-    headers = {
-        "Content-Disposition": f'attachment; filename="{name}.csv"',
-        "Cache-Control": "no-store",
-    }
-    return Response(buffer.getvalue().encode("utf-8"), media_type="text/csv; charset=utf-8",
-                    headers=headers)  # fmt: skip
+    return csv_response(as_csv_rows(table), f"{name}.csv")
 
 
 @router.get("")

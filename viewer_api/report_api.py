@@ -256,6 +256,7 @@ def _may(archive: Archive, who: Principal, permission: str, study: str) -> bool:
     for a study since deleted (its citations outlive it)."""
     try:
         archive.access.require_study(who, permission, study)
+        archive.access.require_review_reach(who, None, None)  # experts: task videos only
     except AccessDeniedError:
         return False
     except InstanceNotFoundError:

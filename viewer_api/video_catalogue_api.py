@@ -7,12 +7,24 @@ surgeon, applicant, hospital, operation dates and minutes, free text, camera rol
 principal's scope and is audited as one ``search`` entry; patient identity is shown only to
 principals with PHI.
 
-``GET /api/videos/{sop}`` is one video with its title page and annotations; the annotations
-(phases and key steps with times, tissue, instrument, action, compliance, note and an optional
-voice note) are read with ``streaming_playback`` and written with ``annotate_video``; every
+``GET /api/videos/{sop}`` is one video (``streaming_playback``) with its title page and
+annotations. The annotations (phases and key steps with times, tissue, instrument, action,
+compliance, note and an optional voice note) and the title page are professional evaluation:
+they are read with ``view_video_annotations`` (which patients and share links lack: they get
+the video's summary with ``annotations: []``, no ``titlePage`` and ``annotationsVisible:
+false``; the annotation routes answer them 403) and written with ``annotate_video``; every
 write is audited. They export as JSON (an attachment) or as a DICOM Comprehensive SR stored
-in the video's study (`cloud.video_sr`). The logic is in `cloud.video_annotations`,
-`cloud.video_search` and `cloud.video_sr`; these routes check, call and audit.
+in the video's study (`cloud.video_sr`). Without ``view_video_annotations`` a search neither
+counts annotations nor matches ``q`` against their text.
+
+Each annotation has a ``version``, also sent as its ``ETag``; ``PUT`` and ``DELETE`` with
+``If-Match: "<version>"`` change it only if nobody else did meanwhile (else 412); without
+``If-Match`` the last writer wins, as before.
+
+An expert (scope ``review``) reaches only the videos of their open review tasks, not the
+other recordings of those studies, in these routes and in the searches. The logic is in
+`cloud.video_annotations`, `cloud.video_search` and `cloud.video_sr`; these routes check,
+call and audit.
 """
 
 from __future__ import annotations
@@ -57,6 +69,8 @@ NO_STORE = {"Cache-Control": "no-store"}
 PLAY = "streaming_playback"
 AnnotationId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 ANNOTATE = "annotate_video"
+READ_NOTES = "view_video_annotations"
+READS = VIEW_ACTIONS | {READ_NOTES}  # reads audited as viewing
 
 
 # --- request bodies ----------------------------------------------------------------------------
@@ -158,7 +172,21 @@ Search = Annotated[VideoSearch, Depends(video_searcher)]
 
 
 def _context(archive: Archive, who: Principal) -> SearchContext:
-    return SearchContext(archive.access.scope(who), who.phi, archive.engine.dialect.name)
+    return SearchContext(
+        archive.access.scope(who),
+        who.phi,
+        archive.engine.dialect.name,
+        annotations=who.may(READ_NOTES),
+        video_instances=_review_videos(archive, who),
+    )
+
+
+def _review_videos(archive: Archive, who: Principal) -> frozenset[str] | None:
+    """An expert's only videos: those of their open review tasks (None: no such limit)."""
+    if who.scope_kind != "review":
+        return None
+    _, instances = archive.access.review_instances(who.name)
+    return instances
 
 
 @router.get("/api/videos")
@@ -229,6 +257,10 @@ async def _admit(
         study = video.study_instance_uid
         try:
             owner = archive.access.require_study(who, permission, study)
+            # an expert: this video must be one of their open tasks', not just in the study
+            archive.access.require_review_reach(
+                who, video.series_instance_uid, video.sop_instance_uid
+            )
         except AccessDeniedError:
             detail = {"permission": permission, "path": request.url.path}
             entry = audit_entry(
@@ -236,7 +268,7 @@ async def _admit(
             )
             archive.audit.append(entry)
             raise
-        if permission in VIEW_ACTIONS:
+        if permission in READS:
             entry = audit_entry(
                 who,
                 request,
@@ -272,21 +304,25 @@ async def _audit_write(
 
 
 def _detail(archive: Archive, who: Principal, video: VideoFacts) -> dict[str, Any]:
-    """The answer of ``GET /api/videos/{sop}`` (the caller has admitted ``who``)."""
+    """The answer of ``GET /api/videos/{sop}`` (the caller has admitted ``who`` to play it);
+    the title page and annotations only for those who may read them."""
+    readable = who.may(READ_NOTES)
     with archive.sessions() as session:
-        summary = video_by_sop(session, video.sop_instance_uid, phi=who.phi) or {}
-    return {
-        "video": summary,
-        "titlePage": video.title_page(),
-        "annotations": _store(archive).list(video),
-    }
+        summary = video_by_sop(session, video.sop_instance_uid, phi=who.phi, annotations=readable)
+    found: dict[str, Any] = {"video": summary or {}, "annotationsVisible": readable}
+    if readable:
+        found["titlePage"] = video.title_page()
+    found["annotations"] = _store(archive).list(video) if readable else []
+    return found
 
 
 @router.get("/api/videos/{sop}")
 async def video_detail(
     sop: str, request: Request, archive: ArchiveDep, who: PrincipalDep
 ) -> JSONResponse:
-    """One video: its summary, title page and annotations."""
+    """One video: its summary, title page and annotations (the last two with
+    ``view_video_annotations``; without it ``annotations`` is empty and ``titlePage``
+    absent)."""
     video, _ = await _admit(request, archive, who, sop, PLAY)
     body = await run_in_threadpool(_detail, archive, who, video)
     return JSONResponse(body, headers=NO_STORE)
@@ -313,7 +349,7 @@ async def edit_title_page(
 async def list_annotations(
     sop: str, request: Request, archive: ArchiveDep, who: PrincipalDep
 ) -> JSONResponse:
-    video, _ = await _admit(request, archive, who, sop, PLAY)
+    video, _ = await _admit(request, archive, who, sop, READ_NOTES)
     found = await run_in_threadpool(_store(archive).list, video)
     return JSONResponse({"annotations": found}, headers=NO_STORE)
 
@@ -329,7 +365,8 @@ async def create_annotation(
         archive, who, request, "video_annotation_create", video, owner, annotation=made["id"]
     )
     location = f"/api/videos/{sop}/annotations/{made['id']}"
-    return JSONResponse(made, status_code=201, headers={"Location": location, **NO_STORE})
+    headers = {"Location": location, **_etag(made), **NO_STORE}
+    return JSONResponse(made, status_code=201, headers=headers)
 
 
 @router.get("/api/videos/{sop}/annotations.json")
@@ -337,7 +374,7 @@ async def export_annotations(
     sop: str, request: Request, archive: ArchiveDep, who: PrincipalDep
 ) -> Response:
     """The title page, video and annotations as a JSON file to download."""
-    video, owner = await _admit(request, archive, who, sop, PLAY)
+    video, owner = await _admit(request, archive, who, sop, READ_NOTES)
 
     def work() -> dict[str, Any]:
         found = _detail(archive, who, video)
@@ -438,24 +475,48 @@ async def update_annotation(
     archive: ArchiveDep,
     who: PrincipalDep,
 ) -> JSONResponse:
+    """Replace the annotation; with ``If-Match: "<version>"`` only if it is still that version
+    (412 otherwise), without it unconditionally. Answers the annotation and its new ETag."""
     video, owner = await _admit(request, archive, who, sop, ANNOTATE)
-    changed = await run_in_threadpool(_store(archive).update, video, annotation_id, body.fields())
+    expected = if_match(request)
+    changed = await run_in_threadpool(
+        _store(archive).update, video, annotation_id, body.fields(), expected
+    )
     await _audit_write(
         archive, who, request, "video_annotation_update", video, owner, annotation=annotation_id
     )
-    return JSONResponse(changed, headers=NO_STORE)
+    return JSONResponse(changed, headers={**_etag(changed), **NO_STORE})
 
 
 @router.delete("/api/videos/{sop}/annotations/{annotation_id}", status_code=204)
 async def delete_annotation(
     sop: str, annotation_id: AnnotationId, request: Request, archive: ArchiveDep, who: PrincipalDep
 ) -> Response:
+    """Remove the annotation; ``If-Match`` as for ``PUT``."""
     video, owner = await _admit(request, archive, who, sop, ANNOTATE)
-    await run_in_threadpool(_store(archive).delete, video, annotation_id)
+    expected = if_match(request)
+    await run_in_threadpool(_store(archive).delete, video, annotation_id, expected)
     await _audit_write(
         archive, who, request, "video_annotation_delete", video, owner, annotation=annotation_id
     )
     return Response(status_code=204)
+
+
+def _etag(annotation: dict[str, Any]) -> dict[str, str]:
+    return {"ETag": f'"{annotation["version"]}"'}
+
+
+def if_match(request: Request) -> str | None:
+    """The version an ``If-Match`` header asks for: None without one (or ``*``, any current
+    version); of a list only the first tag counts (a client sends the one it read); a weak
+    or malformed tag matches no version (strong comparison, RFC 9110)."""
+    header = request.headers.get("if-match", "").strip()
+    if not header or header == "*":
+        return None
+    tag = header.split(",")[0].strip()
+    if len(tag) >= 2 and tag[0] == tag[-1] == '"':
+        return tag[1:-1]
+    return "(not a strong entity tag)"
 
 
 async def _body_at_most(request: Request, limit: int) -> bytes:
@@ -502,6 +563,6 @@ async def put_voice_note(
 async def get_voice_note(
     sop: str, annotation_id: AnnotationId, request: Request, archive: ArchiveDep, who: PrincipalDep
 ) -> Response:
-    video, _ = await _admit(request, archive, who, sop, PLAY)
+    video, _ = await _admit(request, archive, who, sop, READ_NOTES)
     data, media_type = await run_in_threadpool(_store(archive).voice_note, video, annotation_id)
     return Response(data, media_type=media_type, headers={"Cache-Control": "private, no-store"})

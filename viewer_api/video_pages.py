@@ -13,6 +13,9 @@ media-token URLs.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import RedirectResponse
 
@@ -40,12 +43,6 @@ def _page(name: str) -> Response:
     return Response(body, media_type=page.media_type, headers=headers)
 
 
-@pages.get("/videos")
-def videos_redirect(request: Request) -> RedirectResponse:
-    query = request.url.query
-    return RedirectResponse("/videos/" + (f"?{query}" if query else ""), status_code=308)
-
-
 @pages.get("/videos/")
 def search_page() -> Response:
     """Search surgical videos and their studies, with charts."""
@@ -58,12 +55,31 @@ def wall_page() -> Response:
     return _page("wall.html")
 
 
-@pages.get("/videos/static/{name}")
-def videos_static(name: str, request: Request) -> Response:
-    found = PAGES.get(name)
-    if found is None or name.endswith(".html"):  # pages have their own routes and headers
-        raise HTTPProblem(404, "Not found", f"the video pages have no file {name!r}")
-    headers = {"ETag": found.etag, "Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
-    if request.headers.get("if-none-match") == found.etag:
-        return Response(status_code=304, headers=headers)
-    return Response(found.body, media_type=found.media_type, headers=headers)
+def static_pages(router: APIRouter, prefix: str, files: Mapping[str, Any]) -> None:
+    """Add to ``router`` what every page folder needs besides its pages: ``{prefix}``
+    redirecting to ``{prefix}/`` (query kept) and ``{prefix}/static/{name}`` serving the
+    folder's other files (``files``, from `load_static`) with their ETag (304 on a match).
+    ``.html`` files are not served there: pages have their own routes and headers."""
+
+    def redirect(request: Request) -> RedirectResponse:
+        query = request.url.query
+        return RedirectResponse(f"{prefix}/" + (f"?{query}" if query else ""), status_code=308)
+
+    def static(name: str, request: Request) -> Response:
+        found = files.get(name)
+        if found is None or name.endswith(".html"):
+            raise HTTPProblem(404, "Not found", f"there is no file {name!r} in {prefix}/static/")
+        headers = {
+            "ETag": found.etag,
+            "Cache-Control": "no-cache",
+            "X-Content-Type-Options": "nosniff",
+        }
+        if request.headers.get("if-none-match") == found.etag:
+            return Response(status_code=304, headers=headers)
+        return Response(found.body, media_type=found.media_type, headers=headers)
+
+    router.add_api_route(prefix, redirect, methods=["GET"])
+    router.add_api_route(f"{prefix}/static/{{name}}", static, methods=["GET"])
+
+
+static_pages(pages, "/videos", PAGES)

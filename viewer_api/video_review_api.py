@@ -18,14 +18,12 @@ lists an expert's tasks, plays the videos, records the viewings and sends the sc
 
 from __future__ import annotations
 
-import csv
-import io
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from cloud.access import AccessDeniedError, Principal
@@ -40,8 +38,10 @@ from cloud.video_review import (
 )
 from cloud.video_viewings import VideoViewings
 from viewer_api.access_deps import PrincipalDep, audit_entry, require
+from viewer_api.csv_export import csv_response
 from viewer_api.deps import ArchiveDep
 from viewer_api.problems import HTTPProblem
+from viewer_api.video_pages import static_pages
 from viewer_api.web import PAGE_HEADERS, STATIC_DIR, load_static
 
 router = APIRouter(tags=["video review"])
@@ -66,6 +66,21 @@ async def _audit(
     archive: Archive, who: Principal, request: Request, action: str, **more: Any
 ) -> None:
     await run_in_threadpool(archive.audit.append, audit_entry(who, request, action, **more))
+
+
+async def _audit_patients(
+    archive: Archive, who: Principal, request: Request, task: dict[str, Any]
+) -> None:
+    """A task shown with its videos' patient IDs (managers with PHI) is a read of patient
+    identity: one ``view`` entry per study, with the patient, like any other study read."""
+    seen: dict[str, str] = {}
+    for video in task.get("videos", []):
+        if "patientId" in video:
+            seen.setdefault(video["studyInstanceUid"], video["patientId"])
+    for study, patient in seen.items():
+        detail = {"path": request.url.path, "task": task["id"]}
+        await _audit(archive, who, request, "view", study_instance_uid=study,
+                     patient_id=patient, detail=detail)  # fmt: skip
 
 
 # --- request bodies (camelCase, as every answer) -------------------------------------------------
@@ -150,6 +165,7 @@ async def create_task(
               "reviewers": list(spec.reviewers)}  # fmt: skip
     await _audit(archive, who, request, "video_review_task", detail=detail)
     found = await run_in_threadpool(reviews.task, who, task_id)
+    await _audit_patients(archive, who, request, found)
     headers = {"Location": f"/api/video-reviews/tasks/{task_id}", **NO_STORE}
     return JSONResponse(found, status_code=201, headers=headers)
 
@@ -162,10 +178,13 @@ async def list_tasks(archive: ArchiveDep, who: PrincipalDep) -> JSONResponse:
 
 
 @router.get("/api/video-reviews/tasks/{task_id}")
-async def get_task(task_id: TaskId, archive: ArchiveDep, who: PrincipalDep) -> JSONResponse:
+async def get_task(
+    task_id: TaskId, request: Request, archive: ArchiveDep, who: PrincipalDep
+) -> JSONResponse:
     """The task, its form, videos and comments; managers also see every reviewer, experts
-    their own assignment only."""
+    their own assignment only. Patient IDs shown are audited as reads of those studies."""
     found = await run_in_threadpool(_reviews(archive).task, who, task_id)
+    await _audit_patients(archive, who, request, found)
     return JSONResponse(found, headers=NO_STORE)
 
 
@@ -213,6 +232,7 @@ async def close_task(
     """Close the task: scores become final and the experts no longer reach its videos."""
     found = await run_in_threadpool(_reviews(archive).close, who, task_id)
     await _audit(archive, who, request, "video_review_close", detail={"task": task_id})
+    await _audit_patients(archive, who, request, found)
     return JSONResponse(found, headers=NO_STORE)
 
 
@@ -242,22 +262,8 @@ async def statistics(
     detail = {"path": request.url.path, "query": str(request.url.query)[:1000]}
     await _audit(archive, who, request, "statistics", detail=detail)
     if format == "csv":
-        return _csv(statistics_rows(found))
+        return csv_response(statistics_rows(found), "video-review-statistics.csv")
     return JSONResponse({"applicants": found}, headers=NO_STORE)
-
-
-def _csv(rows: list[list[Any]]) -> Response:
-    buffer = io.StringIO()
-    buffer.write("\ufeff")  # Excel opens UTF-8 only with the byte-order mark
-    writer = csv.writer(buffer, lineterminator="\r\n")
-    for line in rows:
-        writer.writerow(["" if value is None else value for value in line])
-    headers = {
-        "Content-Disposition": 'attachment; filename="video-review-statistics.csv"',
-        **NO_STORE,
-    }
-    return Response(buffer.getvalue().encode("utf-8"), media_type="text/csv; charset=utf-8",
-                    headers=headers)  # fmt: skip
 
 
 # --- viewing records -----------------------------------------------------------------------------
@@ -317,12 +323,7 @@ async def video_viewings(
 # --- the page ------------------------------------------------------------------------------------
 
 PAGES = load_static(STATIC_DIR.parent / "review")
-
-
-@pages.get("/video-review")
-def review_redirect(request: Request) -> RedirectResponse:
-    query = request.url.query
-    return RedirectResponse("/video-review/" + (f"?{query}" if query else ""), status_code=308)
+static_pages(pages, "/video-review", PAGES)
 
 
 @pages.get("/video-review/")
@@ -332,14 +333,3 @@ def review_page() -> Response:
     if page is None:
         raise HTTPProblem(404, "Not found", "the review page is not installed")
     return Response(page.body, media_type=page.media_type, headers=PAGE_HEADERS)
-
-
-@pages.get("/video-review/static/{name}")
-def review_static(name: str, request: Request) -> Response:
-    found = PAGES.get(name)
-    if found is None or name.endswith(".html"):
-        raise HTTPProblem(404, "Not found", f"the review page has no file {name!r}")
-    headers = {"ETag": found.etag, "Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
-    if request.headers.get("if-none-match") == found.etag:
-        return Response(status_code=304, headers=headers)
-    return Response(found.body, media_type=found.media_type, headers=headers)

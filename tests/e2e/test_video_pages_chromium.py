@@ -78,8 +78,7 @@ def catalogue(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Catalogue]:
             node.archive.store(part10, source="e2e")
         with client(node) as http:
             answer = http.get("/api/videos", params={"limit": 100})
-        if answer.status_code != 200:
-            pytest.skip(f"GET /api/videos is not available yet ({answer.status_code})")
+        assert answer.status_code == 200, answer.text
         sops = [v["sopInstanceUid"] for v in answer.json()["videos"]]
         assert len(sops) == COUNT
         yield Catalogue(node, sops)
@@ -230,6 +229,11 @@ def test_the_pages_are_served_with_their_csp(catalogue: Catalogue, tmp_path: Pat
         wall = http.get("/videos/wall")
         script = http.get("/videos/static/wall.js")
         missing = http.get("/videos/static/nothing.js")
+        page_as_file = http.get("/videos/static/index.html")
+        again = http.get(
+            "/videos/static/wall.js", headers={"If-None-Match": script.headers["etag"]}
+        )
+        redirected = http.get("/videos", params={"procedure": "胆囊"})
         plotly = http.get("/dashboard/vendor/plotly.min.js")
     csp = search.headers["content-security-policy"]
     assert "script-src 'self';" in csp and "media-src 'self'" in csp
@@ -237,5 +241,9 @@ def test_the_pages_are_served_with_their_csp(catalogue: Catalogue, tmp_path: Pat
     assert wall.headers["content-security-policy"] == csp
     assert "__PLOTLY_VERSION__" not in search.text
     assert script.headers["content-type"].startswith("text/javascript")
-    assert missing.status_code == 404
+    assert missing.status_code == 404 and page_as_file.status_code == 404
+    assert missing.headers["content-type"].startswith("application/problem+json")
+    assert again.status_code == 304 and again.headers["etag"] == script.headers["etag"]
+    assert redirected.status_code == 308
+    assert redirected.headers["location"] == "/videos/?procedure=%E8%83%86%E5%9B%8A"
     assert plotly.status_code == 200

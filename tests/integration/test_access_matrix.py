@@ -13,15 +13,17 @@ import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
 import pydicom
 import pytest
+from sqlalchemy import select
 
-from cloud.models import Department, PatientGrant, ShareLink, ShareLinkStudy
+from cloud.models import Department, PatientGrant, ShareLink, ShareLinkStudy, SurgicalVideo
 from imaging_cloud.node import Node
 from imaging_cloud.synthetic import PatientSpec, StudySpec, ct_series, to_part10
-from tests.support.servers import PASSWORD, client, http_base, running_node
+from tests.support.servers import PASSWORD, client, http_base, running_node, token_for
 
 PROBLEM = "application/problem+json"
 STUDIES = ("own_dept", "other_dept", "other_hospital", "granted")
@@ -157,22 +159,23 @@ SCOPE = {  # which of the four studies each principal reaches
     "share_link": {"own_dept"},
 }
 ALLOWED = {  # actions each principal may take (on studies in scope)
-    "clinician": {"search", "view_details", "live_view"},
+    "clinician": {"search", "view_details", "live_view", "view_video_annotations"},
     "radiologist": {"search", "view_details", "live_view", "download", "edit_details", "upload",
-                    "export"},
+                    "export", "view_video_annotations"},
     "department_head": {"search", "view_details", "live_view", "download", "edit_details",
-                        "view_logs", "export"},
+                        "view_logs", "export", "view_video_annotations"},
     "hospital_admin": {"search", "view_details", "live_view", "view_logs", "view_statistics",
                        "manage_hospitals"},
-    "trainee": {"search", "view_details", "live_view"},
+    "trainee": {"search", "view_details", "live_view", "view_video_annotations"},
     "regulator": {"view_statistics"},
     "auditor": {"view_logs"},
     "platform_admin": {"search", "view_details", "live_view", "download", "edit_details",
                        "upload", "export", "view_logs", "view_statistics", "manage_hospitals",
-                       "delete"},
+                       "delete", "view_video_annotations"},
+    # patients and share links play their videos but do not read the professional evaluation
     "patient": {"search", "view_details", "live_view", "download"},
     "share_link": {"search", "view_details", "live_view"},
-    "video_expert": {"search", "view_details", "live_view"},
+    "video_expert": {"search", "view_details", "live_view", "view_video_annotations"},
 }  # fmt: skip
 PRINCIPALS = sorted(SCOPE)
 
@@ -388,3 +391,80 @@ def test_regional_statistics_are_for_those_who_view_statistics(
         assert all(s.patient_id not in response.text for s in world.studies.values())
     else:
         assert response.status_code == 403, response.text
+
+
+# --- surgical video annotations (view_video_annotations) ----------------------------------
+
+
+@pytest.mark.needs_ffmpeg
+def test_video_annotations_are_read_exactly_where_the_matrix_says(
+    node: Node, tmp_path: Path
+) -> None:
+    """A surgical video in the own-department study and one at another hospital, each with an
+    annotation: its list and its JSON export are read by those who hold
+    ``view_video_annotations`` on the study, never by the patient or a share link."""
+    from tests.support.video import make_mp4, video_part10
+
+    archive = node.archive
+    archive.hospitals.add_hospital("H1", "Hospital One")
+    archive.hospitals.add_hospital("H2", "Hospital Two")
+    mp4 = make_mp4(tmp_path / "clip.mp4", seconds=1.0, audio=False)
+    sops = {}
+    for where, hospital_id, patient in (("own_dept", "H1", "P-OWN"),
+                                        ("other_hospital", "H2", "P-OTHER")):  # fmt: skip
+        found = archive.hospitals.by_id(hospital_id)
+        assert found is not None
+        archive.store(video_part10(mp4, patient_id=patient, department="Radiology",
+                                   procedure="腹腔镜胆囊切除术"),
+                      source="matrix", hospital_pk=found.pk)  # fmt: skip
+        with archive.sessions() as session:
+            video = session.scalars(
+                select(SurgicalVideo).order_by(SurgicalVideo.pk.desc()).limit(1)
+            ).one()
+            sops[where] = (video.sop_instance_uid, video.study_instance_uid)
+    h1 = archive.hospitals.by_id("H1")
+    assert h1 is not None
+    with archive.sessions() as session:
+        session.add(Department(hospital_pk=h1.pk, code="Radiology", name="放射科"))
+        session.commit()
+    tokens = {}
+    for username, (role, hospital, department) in USERS.items():
+        archive.users.create_user(username, PASSWORD, role, hospital_id=hospital,
+                                  department=department)  # fmt: skip
+        tokens[username] = token_for(node, username)
+    now = datetime.now(UTC)
+    with archive.sessions() as session:
+        link = ShareLink(token_sha256="2" * 64, created_by_kind="patient",
+                         created_by="patient:P-OWN", patient_id="P-OWN", created_at=now,
+                         expires_at=now + timedelta(hours=1))  # fmt: skip
+        session.add(link)
+        session.flush()
+        session.add(ShareLinkStudy(share_link_pk=link.pk, study_instance_uid=sops["own_dept"][1]))
+        link_pk = link.pk
+        session.commit()
+    tokens["patient"] = node.tokens.issue_for("patient:P-OWN", "patient", pid="P-OWN")
+    tokens["share_link"] = node.tokens.issue_for(f"share-link:{link_pk}", "share_link",
+                                                 link=link_pk)  # fmt: skip
+    with client(node) as http:
+        for sop, _ in sops.values():
+            made = http.post(
+                f"/api/videos/{sop}/annotations",
+                json={"kind": "phase", "start": 0, "end": 0.5, "label": "显露"},
+            )
+            assert made.status_code == 201, made.text
+    for principal in PRINCIPALS:
+        headers = {"Authorization": f"Bearer {tokens[principal]}"}
+        with httpx.Client(base_url=http_base(node), headers=headers, timeout=30) as http:
+            for where, (sop, _) in sops.items():
+                listed = http.get(f"/api/videos/{sop}/annotations")
+                exported = http.get(f"/api/videos/{sop}/annotations.json")
+                allowed = "view_video_annotations" in ALLOWED[principal] and where in SCOPE[
+                    principal]  # fmt: skip
+                for response in (listed, exported):
+                    if allowed:
+                        assert response.status_code == 200, (principal, where, response.text)
+                    else:
+                        assert response.status_code == 403, (principal, where, response.text)
+                        assert response.headers["content-type"] == PROBLEM
+                if allowed:
+                    assert [a["label"] for a in listed.json()["annotations"]] == ["显露"]

@@ -43,7 +43,7 @@ def test_one_pass_classifies_tiers_and_backs_up(tmp_path: Path, database_url: st
             "quality": 0,
             "tier": 0,
             "backup": "not due",
-            "video_downgrade": {"downgraded": 0, "failed": 0},
+            "video_downgrade": {"queued": 0},
         }
     finally:
         archive.close()

@@ -10,9 +10,11 @@ from __future__ import annotations
 import io
 import json
 import struct
+import threading
 import wave
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,15 @@ import pytest
 from pydicom import dcmread
 from sqlalchemy import func, select
 
-from cloud.models import AuditEvent, Report, SurgicalVideo, VideoAnnotation
+from cloud.models import (
+    AuditEvent,
+    Report,
+    ShareLink,
+    ShareLinkStudy,
+    SurgicalVideo,
+    VideoAnnotation,
+)
+from cloud.video_annotations import VideoAnnotations
 from cloud.video_sr import COMPREHENSIVE_SR, time_ranges
 from imaging_cloud.node import Node
 from tests.support.servers import PASSWORD, client
@@ -57,8 +67,8 @@ def mp4(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def video(sqlite_node: Node, mp4: Path) -> Iterator[Video]:
-    archive = sqlite_node.archive
+def video(node: Node, mp4: Path) -> Iterator[Video]:
+    archive = node.archive
     archive.hospitals.add_hospital("HA", "重庆医科大学附属第一医院", ae_title="HA_GW")
     archive.hospitals.add_hospital("HB", "重庆市第五人民医院", ae_title="HB_GW")
     ha = archive.hospitals.by_id("HA")
@@ -80,9 +90,7 @@ def video(sqlite_node: Node, mp4: Path) -> Iterator[Video]:
     archive.store(data, source="test", hospital_pk=ha.pk)
     with archive.sessions() as session:
         row = session.scalars(select(SurgicalVideo)).one()
-        found = Video(
-            sqlite_node, row.sop_instance_uid, row.study_instance_uid, row.series_instance_uid
-        )
+        found = Video(node, row.sop_instance_uid, row.study_instance_uid, row.series_instance_uid)
     yield found
 
 
@@ -125,13 +133,9 @@ def test_annotations_are_created_listed_changed_and_deleted(video: Video) -> Non
         assert made.status_code == 201, made.text
         first = made.json()
         assert made.headers["location"] == video.url(f"/annotations/{first['id']}")
-        assert first | {"id": 0, "createdAt": "", "updatedAt": ""} == phase() | {
-            "id": 0,
-            "voiceNoteUrl": None,
-            "author": "doc.a",
-            "createdAt": "",
-            "updatedAt": "",
-        }
+        times = {"id": 0, "createdAt": "", "updatedAt": "", "version": ""}
+        assert first | times == phase() | times | {"voiceNoteUrl": None, "author": "doc.a"}
+        assert made.headers["etag"] == f'"{first["version"]}"'
         step = http.post(
             video.url("/annotations"),
             json={"kind": "step", "start": 0.25, "end": 0.75, "label": "夹闭胆囊管"},
@@ -164,7 +168,9 @@ def test_annotations_are_created_listed_changed_and_deleted(video: Video) -> Non
             "diagnosis": "胆囊结石",
             "operationDate": "20250304",
             "operationMinutes": 90.0,
+            "notes": "",
         }
+        assert detail["annotationsVisible"] is True
 
         assert http.delete(video.url(f"/annotations/{late['id']}")).status_code == 204
         listed = http.get(video.url("/annotations")).json()["annotations"]
@@ -202,9 +208,10 @@ def test_bad_annotations_are_refused_with_the_reason(video: Video) -> None:
     with client(video.node, "doc.b") as http:  # another hospital's clinician
         is_problem(http.post(url, json=phase()), 403, "another hospital")
         assert http.get(video.url("/annotations")).status_code == 403
-    with client(video.node, "trainee.a") as http:  # neither plays nor annotates
+    with client(video.node, "trainee.a") as http:  # reads annotations; neither plays nor writes
         is_problem(http.get(video.url()), 403, "streaming_playback")
         is_problem(http.post(url, json=phase()), 403, "annotate_video")
+        assert http.get(video.url("/annotations")).status_code == 200
     with client(video.node, None) as http:
         assert http.get(video.url("/annotations")).status_code == 401
     denied = [e for e, _ in video.audit("access") if e.outcome == "denied"]
@@ -363,3 +370,142 @@ def test_annotations_export_as_a_stored_sr_that_leaves_the_report_alone(video: V
     assert detail["sr"] == uids["sopInstanceUid"] and detail["annotations"] == 2
     with client(video.node, "doc.b") as http:
         assert http.post(video.url("/annotations/sr")).status_code == 403
+
+
+def test_the_title_pages_notes_come_back(video: Video) -> None:
+    with client(video.node, "doc.a") as http:
+        notes = "教学病例\n中转开腹 粘连"
+        changed = http.patch(video.url("/title-page"), json={"notes": notes})
+        assert changed.status_code == 200, changed.text
+        assert changed.json()["titlePage"]["notes"] == notes
+        assert http.get(video.url()).json()["titlePage"]["notes"] == notes
+        assert http.get(video.url("/annotations.json")).json()["titlePage"]["notes"] == notes
+
+
+def _patient_and_link(video: Video) -> dict[str, str]:
+    """Bearer headers of the video's patient and of a share link to its study."""
+    now = datetime.now(UTC)
+    with video.node.archive.sessions() as session:
+        link = ShareLink(token_sha256="1" * 64, created_by_kind="patient",
+                         created_by="patient:OR-0001", patient_id="OR-0001", created_at=now,
+                         expires_at=now + timedelta(hours=1))  # fmt: skip
+        session.add(link)
+        session.flush()
+        session.add(ShareLinkStudy(share_link_pk=link.pk, study_instance_uid=video.study))
+        link_pk = link.pk
+        session.commit()
+    tokens = video.node.tokens
+    return {
+        "patient": tokens.issue_for("patient:OR-0001", "patient", pid="OR-0001"),
+        "share_link": tokens.issue_for(f"share-link:{link_pk}", "share_link", link=link_pk),
+    }
+
+
+def test_patients_and_share_links_watch_but_do_not_read_the_evaluation(video: Video) -> None:
+    with client(video.node, "doc.a") as http:
+        made = http.post(video.url("/annotations"), json=phase(compliance="不符合规范")).json()
+        note_url = video.url(f"/annotations/{made['id']}/voice-note")
+        put = http.put(note_url, content=wav_bytes(), headers={"Content-Type": "audio/wav"})
+        assert put.status_code == 200, put.text
+        assert http.patch(video.url("/title-page"), json={"notes": "术者评语"}).status_code == 200
+    for name, token in _patient_and_link(video).items():
+        with client(video.node, None) as http:
+            http.headers["Authorization"] = f"Bearer {token}"
+            detail = http.get(video.url())
+            assert detail.status_code == 200, (name, detail.text)  # they may still watch
+            body = detail.json()
+            assert body["video"]["sopInstanceUid"] == video.sop
+            assert body["annotations"] == [] and body["annotationsVisible"] is False, name
+            assert "titlePage" not in body and "annotationCount" not in body["video"], name
+            assert "不符合规范" not in detail.text and "术者评语" not in detail.text
+            for path in ("/annotations", "/annotations.json", f"/annotations/{made['id']}"
+                         "/voice-note"):  # fmt: skip
+                is_problem(http.get(video.url(path)), 403, "view_video_annotations")
+    denied = [d for e, d in video.audit("access") if e.outcome == "denied"]
+    assert {d["permission"] for d in denied} == {"view_video_annotations"}
+
+
+def test_a_change_based_on_an_old_version_is_refused(video: Video) -> None:
+    with client(video.node, "doc.a") as http:
+        first = http.post(video.url("/annotations"), json=phase()).json()
+        url = video.url(f"/annotations/{first['id']}")
+        mine = http.put(
+            url, json=phase(label="显露"), headers={"If-Match": f'"{first["version"]}"'}
+        )
+        assert mine.status_code == 200, mine.text
+        assert mine.json()["version"] != first["version"]
+        assert mine.headers["etag"] == f'"{mine.json()["version"]}"'
+        # a colleague's change based on the version before mine is refused, mine stays
+        stale = http.put(
+            url, json=phase(label="分离"), headers={"If-Match": f'"{first["version"]}"'}
+        )
+        is_problem(stale, 412, "changed or removed since you read it")
+        is_problem(http.delete(url, headers={"If-Match": f'"{first["version"]}"'}), 412, "reload")
+        is_problem(http.put(url, json=phase(), headers={"If-Match": 'W/"1"'}), 412, "changed")
+        (kept,) = http.get(video.url("/annotations")).json()["annotations"]
+        assert kept["label"] == "显露" and kept["version"] == mine.json()["version"]
+        # a voice note changes the version too
+        put = http.put(f"{url}/voice-note", content=wav_bytes(),
+                       headers={"Content-Type": "audio/wav"})  # fmt: skip
+        assert put.json()["version"] != kept["version"]
+        is_problem(http.put(url, json=phase(), headers={"If-Match": f'"{kept["version"]}"'}),
+                   412, "changed")  # fmt: skip
+        # without If-Match the last writer wins, as before
+        assert http.put(url, json=phase(label="取出")).json()["label"] == "取出"
+        assert http.put(url, json=phase(), headers={"If-Match": "*"}).status_code == 200
+        current = http.get(video.url("/annotations")).json()["annotations"][0]["version"]
+        assert http.delete(url, headers={"If-Match": f'"{current}"'}).status_code == 204
+        assert http.get(video.url("/annotations")).json()["annotations"] == []
+
+
+class _PausingBlobs:
+    """The node's blob store, pausing once inside ``exists`` for a voice note: the moment a
+    save has decided the shared blob is present but has not yet committed its reference."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.inside = threading.Event()
+        self.release = threading.Event()
+
+    def exists(self, key: str) -> bool:
+        found = bool(self.inner.exists(key))
+        if key.startswith("voice-notes/") and not self.inside.is_set():
+            self.inside.set()
+            self.release.wait(2)
+        return found
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_a_shared_voice_note_blob_survives_a_concurrent_delete(video: Video) -> None:
+    """Two annotations with the same recorded bytes share one blob: deleting the first while
+    the second is being given the same bytes must not leave the second pointing at nothing."""
+    audio = wav_bytes()
+    facts = VideoAnnotations(video.node.archive.sessions, video.node.archive.blobs).video(video.sop)
+    with client(video.node, "doc.a") as http:
+        first = http.post(video.url("/annotations"), json=phase()).json()
+        second = http.post(video.url("/annotations"), json=phase(label="夹闭")).json()
+        first_note = video.url(f"/annotations/{first['id']}/voice-note")
+        assert http.put(first_note, content=audio,
+                        headers={"Content-Type": "audio/wav"}).status_code == 200  # fmt: skip
+    paused = _PausingBlobs(video.node.archive.blobs)
+    saving = VideoAnnotations(video.node.archive.sessions, paused)
+    deleting = VideoAnnotations(video.node.archive.sessions, video.node.archive.blobs)
+    saver = threading.Thread(
+        target=saving.put_voice_note, args=(facts, second["id"], audio, "audio/wav")
+    )
+    saver.start()
+    assert paused.inside.wait(10)
+    remover = threading.Thread(target=deleting.delete, args=(facts, first["id"]))
+    remover.start()
+    remover.join(1)  # with the fix it waits for the save; without, it deletes the blob now
+    paused.release.set()
+    saver.join(10)
+    remover.join(10)
+    with client(video.node, "doc.a") as http:
+        (left,) = http.get(video.url("/annotations")).json()["annotations"]
+        assert left["id"] == second["id"] and left["voiceNoteUrl"]
+        back = http.get(left["voiceNoteUrl"])
+    assert back.status_code == 200, back.text
+    assert back.content == audio

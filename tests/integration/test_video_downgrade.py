@@ -1,11 +1,14 @@
 """The retention downgrade of surgical video: an HD recording past its class's
 ``downgrade_to_sd_after_days`` becomes a new, valid 576-line DICOM instance; the HD one goes,
-and the catalogue's annotations follow the video."""
+and the catalogue's annotations follow the video. A study under legal hold keeps its HD
+recording; two runs at once make one copy; a run that died after storing its copy is finished
+by the next one."""
 
 from __future__ import annotations
 
 import io
 import subprocess
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,10 +19,22 @@ from sqlalchemy import select
 
 from cloud.errors import InstanceNotFoundError
 from cloud.models import AuditEvent, SurgicalVideo, VideoAnnotation
-from cloud.retention_policy import POLICY_FILE, PolicyError, load_policy, parse_policy
+from cloud.retention import Retention
+from cloud.retention_policy import POLICY_FILE, Actor, PolicyError, load_policy, parse_policy
+from cloud.video_derivatives import (
+    CLAIMED,
+    Downgraded,
+    LegalHoldError,
+    _claim,
+    derive_sd_header,
+    downgrade_due,
+    downgrade_video,
+    due_for_sd,
+)
 from imaging_cloud.cli import main
 from imaging_cloud.node import Node
 from imaging_cloud.synthetic import to_part10
+from imaging_cloud.video_processing_cli import make_sd_copy
 from tests.support.servers import client
 from tests.support.video import make_mp4, video_dataset
 
@@ -150,7 +165,14 @@ def test_the_periodic_pass_downgrades_a_due_safety_video(node: Node, tmp_path: P
     assert _catalogue(node)[sop].video_class == "safety_video"
     assert node.schedule is not None
     results = node.schedule.run_once()
-    assert results["video_downgrade"] == {"downgraded": 1, "failed": 0}
+    # the pass only queues the re-encoding, after the backup, as a lifecycle job
+    assert results["video_downgrade"] == {"queued": 1}
+    assert list(results)[-2:] == ["backup", "video_downgrade"]
+    (job,) = node.archive.jobs.recent(kind="video_downgrade")
+    assert job.target == sop
+    finished = node.archive.jobs.wait(job.pk, 120)
+    assert finished.state == "done", finished.error
+    assert finished.detail["state"] == "downgraded"
     (row,) = _catalogue(node).values()
     assert (row.definition, row.derived_from_uid, row.video_class) == ("SD", sop, "safety_video")
 
@@ -166,3 +188,112 @@ def test_the_policy_file_parses_with_the_downgrade_key() -> None:
     document["retention"]["safety_video"]["downgrade_to_sd_after_days"] = 0
     with pytest.raises(PolicyError, match="downgrade_to_sd_after_days"):
         parse_policy(document)
+
+
+def _instances(node: Node, study: str) -> set[str]:
+    return {s.sop_instance_uid for s in node.archive.locate(study)}
+
+
+def test_a_study_under_legal_hold_keeps_its_hd_recording(node: Node, tmp_path: Path) -> None:
+    hd = make_mp4(tmp_path / "hd.mp4", size=(1280, 720), seconds=1.0, audio=False)
+    study, _, sop = _store(node, hd, datetime.now() - timedelta(days=400))
+    retention = Retention(node.archive)
+    retention.hold(study, reason="case 2026-17", actor=Actor(name="legal"))
+
+    assert due_for_sd(node.archive) == []
+    assert _cli(node) == 0
+    assert _instances(node, study) == {sop}
+    assert _catalogue(node)[sop].definition == "HD"
+
+    # released, it is due; held again while its copy is being made, the HD original stays
+    retention.release(study, actor=Actor(name="legal"), reason="case closed")
+    (due,) = due_for_sd(node.archive)
+
+    def held_meanwhile(read, identify, folder):  # type: ignore[no-untyped-def]
+        made = make_sd_copy(read, identify, folder)
+        retention.hold(study, reason="case 2026-18", actor=Actor(name="legal"))
+        return made
+
+    with pytest.raises(LegalHoldError):
+        downgrade_video(node.archive, due, held_meanwhile)
+    assert _instances(node, study) == {sop}  # the SD copy stored meanwhile is gone again
+    assert node.archive.read(node.archive.locate(study, None, sop)[0])
+    assert {uid: v.definition for uid, v in _catalogue(node).items()} == {sop: "HD"}
+
+
+def test_two_runs_at_once_make_one_sd_copy(node: Node, tmp_path: Path) -> None:
+    hd = make_mp4(tmp_path / "hd.mp4", size=(1280, 720), seconds=1.0, audio=False)
+    study, _, sop = _store(node, hd, datetime.now() - timedelta(days=400))
+    (due,) = due_for_sd(node.archive)
+    start = threading.Barrier(2)
+    results: list[Downgraded | BaseException | None] = []
+
+    def run() -> None:
+        start.wait()
+        try:
+            results.append(downgrade_video(node.archive, due, make_sd_copy))
+        except BaseException as exc:
+            results.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+
+    done = [r for r in results if isinstance(r, Downgraded)]
+    assert len(results) == 2 and len(done) == 1, results
+    assert _instances(node, study) == {done[0].sd_uid}
+    (row,) = _catalogue(node).values()
+    assert (row.sop_instance_uid, row.definition, row.derived_from_uid) == (
+        done[0].sd_uid,
+        "SD",
+        sop,
+    )
+
+
+def test_a_run_that_died_after_storing_its_copy_is_finished_not_repeated(
+    node: Node, tmp_path: Path
+) -> None:
+    hd = make_mp4(tmp_path / "hd.mp4", size=(1280, 720), seconds=1.0, audio=False)
+    study, _, sop = _store(node, hd, datetime.now() - timedelta(days=400))
+    note = _annotate(node, sop)
+    (due,) = due_for_sd(node.archive)
+    # what a run does before it dies: claim the row, store the SD copy
+    assert _claim(node.archive, due.video_pk)
+    assert not _claim(node.archive, due.video_pk)  # claimed once only
+    stored = node.archive.locate(study, None, sop)[0]
+    folder = tmp_path / "work"
+    folder.mkdir()
+    copy = make_sd_copy(
+        lambda: node.archive.read(stored),
+        lambda header: derive_sd_header(header, header, due.after_days),
+        folder,
+    )
+    orphan = node.archive.store(copy.read_bytes(), source="test").sop_instance_uid
+    assert _catalogue(node)[sop].definition == CLAIMED
+    assert _instances(node, study) == {sop, orphan}
+
+    (again,) = due_for_sd(node.archive)
+    assert again.claimed
+    done, failed = downgrade_due(node.archive, make_sd_copy)
+
+    assert failed == [] and [d.sd_uid for d in done] == [orphan]
+    assert _instances(node, study) == {orphan}
+    (row,) = _catalogue(node).values()
+    assert (row.sop_instance_uid, row.definition, row.derived_from_uid) == (orphan, "SD", sop)
+    with node.archive.sessions() as session:
+        moved = session.get(VideoAnnotation, note)
+        assert moved is not None and moved.video_pk == row.pk
+
+
+def test_a_claim_left_by_a_dead_run_is_released_by_hand(node: Node, tmp_path: Path) -> None:
+    hd = make_mp4(tmp_path / "hd.mp4", size=(1280, 720), seconds=1.0, audio=False)
+    _, _, sop = _store(node, hd, datetime.now() - timedelta(days=400))
+    (due,) = due_for_sd(node.archive)
+    assert _claim(node.archive, due.video_pk)  # and the run died before storing a copy
+    assert downgrade_due(node.archive, make_sd_copy) == ([], [])  # not copied: it is claimed
+
+    assert _cli(node, "--release-claims") == 0
+    assert _catalogue(node)[sop].definition == "HD"
+    assert not due_for_sd(node.archive)[0].claimed

@@ -334,8 +334,8 @@ def test_who_may_review_what(region: Region) -> None:
             hospital_admin.get("/api/video-reviews/statistics", params={"hospitalId": "HB"}), 403
         )
         # a clinician of the hospital watches its video: the organisation is the hospital
-        with region.as_user("doc.a") as clinician:
-            _watch(clinician, v1, None)
+        with region.as_user("doc.a") as doctor:
+            _watch(doctor, v1, None)
         records = hospital_admin.get(f"/api/videos/{v1.sop}/viewings")
         assert records.status_code == 200, records.text
         assert records.json()[-1]["viewer"] == "doc.a"
@@ -352,3 +352,150 @@ def test_who_may_review_what(region: Region) -> None:
         # but a clinician holds no review permission
     with region.as_user("doc.a") as clinician_http:
         assert clinician_http.get("/api/video-reviews/tasks").status_code == 403
+
+
+# --- review findings: who reads what, and what a forged or late request gets ------------------
+
+
+def test_an_auditor_reads_viewings_without_patient_identity(region: Region) -> None:
+    v1 = region.ha[0]
+    node = region.node
+    node.archive.users.create_user("auditor.x", PASSWORD, "auditor")
+    node.archive.users.create_user("regulator.x", PASSWORD, "regulator")
+    patient = node.tokens.issue_for("patient:P-HA-1", "patient", pid="P-HA-1")
+    with client(node, None) as own:
+        own.headers["Authorization"] = f"Bearer {patient}"
+        _watch(own, v1, None)  # the patient watches their own operation
+    with region.as_user("auditor.x") as auditor:
+        records = auditor.get(f"/api/videos/{v1.sop}/viewings")
+        assert records.status_code == 200, records.text
+        assert [(r["viewer"], r["viewerKind"]) for r in records.json()] == [
+            ("patient:(redacted)", "patient")
+        ]
+        assert "P-HA-1" not in records.text
+    with region.as_user("test-admin") as admin:  # PHI holders see who it was
+        shown = admin.get(f"/api/videos/{v1.sop}/viewings").json()
+        assert [r["viewer"] for r in shown] == ["patient:P-HA-1"]
+    with region.as_user("regulator.x") as regulator:  # region scope without the permissions
+        is_problem(regulator.get(f"/api/videos/{v1.sop}/viewings"), 403)
+
+
+def _grant(node: Node, patient_id: str, hospital_id: str) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from cloud.models import PatientGrant
+
+    hospital = node.archive.hospitals.by_id(hospital_id)
+    assert hospital is not None
+    now = datetime.now(UTC)
+    with node.archive.sessions() as session:
+        session.add(
+            PatientGrant(patient_id=patient_id, hospital_pk=hospital.pk, method="qr",
+                         granted_at=now, expires_at=now + timedelta(hours=2))
+        )  # fmt: skip
+        session.commit()
+
+
+def test_a_patients_grant_is_no_consent_to_an_external_panel(region: Region) -> None:
+    hb = region.hb
+    _grant(region.node, "P-HB-3", "HA")  # HB's patient lets HA see their study, for care
+    with region.as_user("admin.a") as hospital_admin:
+        assert hospital_admin.get(f"/dicom-web/studies/{hb.study}/metadata").status_code == 200
+        body = _task_body(region, videos=[hb.sop], reviewers=["expert.three"])
+        is_problem(hospital_admin.post("/api/video-reviews/tasks", json=body), 403, "hospital")
+    with region.as_user("expert.three") as expert:
+        assert expert.get("/api/video-reviews/tasks").json() == {"tasks": []}
+        assert expert.post(hb.media_url).status_code == 403
+
+
+def test_a_task_id_on_a_viewing_is_accepted_only_from_those_who_see_the_task(
+    region: Region,
+) -> None:
+    v1 = region.ha[0]
+    with region.as_user("test-admin") as admin:
+        task_id = admin.post("/api/video-reviews/tasks", json=_task_body(region)).json()["id"]
+    patient = region.node.tokens.issue_for("patient:P-HA-1", "patient", pid="P-HA-1")
+    with region.as_user("doc.a") as clinician, client(region.node, None) as own:
+        own.headers["Authorization"] = f"Bearer {patient}"
+        for http in (clinician, own):
+            forged = http.post(f"/api/videos/{v1.sop}/viewings", json={"taskId": task_id})
+            absent = http.post(f"/api/videos/{v1.sop}/viewings", json={"taskId": 999999})
+            is_problem(forged, 404, "no such review task")
+            is_problem(absent, 404, "no such review task")
+            assert forged.json()["detail"] == absent.json()["detail"]
+        _watch(clinician, v1, None)  # without a task, watching is as before
+    with region.as_user("test-admin") as admin:
+        assert all(r["taskId"] is None for r in admin.get(f"/api/videos/{v1.sop}/viewings").json())
+        assert admin.get(f"/api/video-reviews/tasks/{task_id}/viewings").json() == []
+        _watch(admin, v1, task_id)  # the task's manager may watch within it
+    with region.as_user("expert.one") as expert:
+        _watch(expert, v1, task_id)
+
+
+def test_the_statistics_csv_runs_no_formula(region: Region) -> None:
+    body = _task_body(region, applicant='=HYPERLINK("http://x","y")')
+    with region.as_user("test-admin") as admin:
+        assert admin.post("/api/video-reviews/tasks", json=body).status_code == 201
+        exported = admin.get("/api/video-reviews/statistics", params={"format": "csv"})
+        rows = list(csv.reader(io.StringIO(exported.content.decode("utf-8-sig"))))
+        assert rows[1][0] == '\'=HYPERLINK("http://x","y")'
+
+
+def test_patient_ids_shown_with_a_task_are_audited(region: Region) -> None:
+    v1, v2 = region.ha
+    with region.as_user("test-admin") as admin:
+        task_id = admin.post("/api/video-reviews/tasks", json=_task_body(region)).json()["id"]
+        before = region.node.archive.audit.search(AuditFilter(actor="test-admin", action="view"))
+        shown = admin.get(f"/api/video-reviews/tasks/{task_id}")
+        assert {v["patientId"] for v in shown.json()["videos"]} == {"P-HA-1", "P-HA-2"}
+    after = region.node.archive.audit.search(AuditFilter(actor="test-admin", action="view"))
+    new = [e for e in after if e["seq"] not in {b["seq"] for b in before}]
+    assert {(e["study_instance_uid"], e["patient_id"]) for e in new} == {
+        (v1.study, "P-HA-1"),
+        (v2.study, "P-HA-2"),
+    }
+    assert all(e["detail"]["task"] == task_id for e in new)
+    with region.as_user("expert.one") as expert:  # experts see no patient ID: nothing to audit
+        assert "patientId" not in str(expert.get(f"/api/video-reviews/tasks/{task_id}").json())
+
+
+def test_a_close_during_a_score_submission_wins(region: Region) -> None:
+    """The task is closed by another connection after the expert's request read it open but
+    before it wrote: the score must not land after the close."""
+    from sqlalchemy import event, update
+
+    from cloud.models import ReviewAssignment, ReviewComment, ReviewTask
+
+    with region.as_user("test-admin") as admin:
+        task_id = admin.post("/api/video-reviews/tasks", json=_task_body(region)).json()["id"]
+    archive = region.node.archive
+    armed = {"on": True}
+
+    def close_meanwhile(session: Any, _context: Any, _instances: Any) -> None:
+        touched = [*session.dirty, *session.new]
+        if armed["on"] and any(isinstance(o, ReviewAssignment | ReviewComment) for o in touched):
+            armed["on"] = False
+            with archive.engine.begin() as connection:
+                connection.execute(
+                    update(ReviewTask).where(ReviewTask.pk == task_id).values(status="closed")
+                )
+
+    event.listen(archive.sessions, "before_flush", close_meanwhile)
+    try:
+        with region.as_user("expert.one") as expert:
+            url = f"/api/video-reviews/tasks/{task_id}/scores"
+            body = {"scores": SCORES_ONE, "recommendation": "pass", "comment": "late"}
+            is_problem(expert.put(url, json=body), 409, "closed")
+            armed["on"] = True
+            with archive.engine.begin() as connection:
+                connection.execute(
+                    update(ReviewTask).where(ReviewTask.pk == task_id).values(status="open")
+                )
+            said = expert.post(f"/api/video-reviews/tasks/{task_id}/comments", json={"text": "x"})
+            is_problem(said, 409, "closed")
+    finally:
+        event.remove(archive.sessions, "before_flush", close_meanwhile)
+    with region.as_user("test-admin") as admin:
+        task = admin.get(f"/api/video-reviews/tasks/{task_id}").json()
+        assert task["status"] == "closed"
+        assert not any(r["submitted"] for r in task["reviewers"]) and task["comments"] == []

@@ -372,3 +372,90 @@ def test_each_search_is_audited_once_and_bad_filters_are_refused(region: Region)
         refused = http.get("/api/videos")
         assert refused.status_code == 403
         assert "streaming_playback" in refused.json()["detail"]
+
+
+def _assign(region: Region, reviewer: str, key: str, status: str = "open") -> None:
+    """A review task holding recording ``key``, assigned to ``reviewer``."""
+    with region.node.archive.sessions() as session:
+        task = ReviewTask(title="评审", applicant="李明", form="{}", status=status,
+                          created_by="test-admin", created_at=datetime.now(UTC))  # fmt: skip
+        session.add(task)
+        session.flush()
+        video_pk = session.scalar(
+            select(SurgicalVideo.pk).where(SurgicalVideo.sop_instance_uid == region.sop[key])
+        )
+        assert video_pk is not None
+        session.add(ReviewTaskVideo(task_pk=task.pk, video_pk=video_pk))
+        session.add(ReviewAssignment(task_pk=task.pk, reviewer=reviewer,
+                                     assigned_at=datetime.now(UTC)))  # fmt: skip
+        session.commit()
+
+
+def test_an_expert_reaches_only_the_task_videos_not_the_rest_of_their_studies(
+    region: Region, mp4: Path
+) -> None:
+    # A second recording of chole-li's operation (the theatre panorama, staff faces and all),
+    # in the same study, and a task holding only the endoscope view.
+    panorama = video_part10(
+        mp4, patient_id="P-1", study_uid=region.study["chole-li"], procedure=CHOLE,
+        surgeon="Li^Ming", applicant="李明", operation_start="2025-03-04T08:00:00",
+        operation_end="2025-03-04T09:30:00", camera_role="panorama",
+    )  # fmt: skip
+    hospital = region.node.archive.hospitals.by_id("HA")
+    assert hospital is not None
+    region.node.archive.store(panorama, source="test", hospital_pk=hospital.pk)
+    with region.node.archive.sessions() as session:
+        sop = session.scalar(select(SurgicalVideo.sop_instance_uid).where(
+            SurgicalVideo.camera_role == "panorama"))  # fmt: skip
+    assert sop is not None
+    region.sop["panorama"] = sop
+    assert region.found("doc.a", cameraRole="panorama") == {"panorama"}
+    region.node.archive.users.create_user("expert.2", PASSWORD, "video_expert")
+    _assign(region, "expert.2", "chole-li")
+    _assign(region, "expert.2", "appendix", status="closed")  # closed: reaches nothing
+    assert region.found("expert.2") == {"chole-li"}
+    assert region.found("expert.2", q=CHOLE) == {"chole-li"}
+    with client(region.node, "expert.2") as http:
+        both = http.get("/api/surgical-search").json()
+        charts = http.get("/api/surgical-search/charts").json()
+        own = http.get(f"/api/videos/{region.sop['chole-li']}")
+        other = http.get(f"/api/videos/{sop}")
+        other_notes = http.get(f"/api/videos/{sop}/annotations")
+        other_export = http.get(f"/api/videos/{sop}/annotations.json")
+        closed = http.get(f"/api/videos/{region.sop['appendix']}")
+    assert [v["sopInstanceUid"] for v in both["videos"]["items"]] == [region.sop["chole-li"]]
+    assert both["videos"]["total"] == 1 and charts["total"] == 1
+    assert own.status_code == 200, own.text
+    for refused in (other, other_notes, other_export, closed):
+        assert refused.status_code == 403, refused.text
+        assert refused.headers["content-type"].startswith(PROBLEM)
+
+
+def test_without_view_video_annotations_a_search_neither_counts_nor_matches_annotations(
+    region: Region,
+) -> None:
+    sop = region.sop["appendix"]
+    with client(region.node, "doc.a") as http:
+        made = http.post(f"/api/videos/{sop}/annotations", json={
+            "kind": "step", "start": 0, "end": 0.5, "label": "阑尾根部结扎",
+            "compliance": "不符合规范"})  # fmt: skip
+        assert made.status_code == 201, made.text
+        patched = http.patch(f"/api/videos/{sop}/title-page", json={"notes": "术者失误 教学"})
+        assert patched.status_code == 200, patched.text
+    assert region.found("doc.a", q="阑尾根部") == {"appendix"}
+    assert region.found("doc.a", q="术者失误") == {"appendix"}
+    token = region.node.tokens.issue_for("patient:P-2", "patient", pid="P-2")
+    headers = {"Authorization": f"Bearer {token}"}
+    with client(region.node, None) as http:
+        mine = http.get("/api/videos", headers=headers).json()
+        by_note = http.get("/api/videos", params={"q": "阑尾根部"}, headers=headers).json()
+        by_notes = http.get("/api/videos", params={"q": "术者失误"}, headers=headers).json()
+        both = http.get("/api/surgical-search", params={"q": "阑尾根部"}, headers=headers).json()
+        by_procedure = http.get("/api/videos", params={"q": "Appendectomy"}, headers=headers).json()
+    assert [v["sopInstanceUid"] for v in mine["videos"]] == [sop]
+    assert "annotationCount" not in mine["videos"][0]
+    assert by_note["total"] == by_notes["total"] == 0 and both["videos"]["total"] == 0
+    assert by_procedure["total"] == 1
+    with client(region.node, "doc.a") as http:
+        (shown,) = http.get("/api/videos", params={"q": "阑尾根部"}).json()["videos"]
+    assert shown["annotationCount"] == 1

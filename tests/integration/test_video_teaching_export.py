@@ -1,5 +1,8 @@
 """Teaching export of a surgical recording over HTTP (Xuzhou spec): a de-identified DICOM video
-object, pixels and sound cleaned, the stored original untouched, every request audited."""
+object, pixels and sound cleaned, the stored original untouched, every request audited. It
+claims only the cleaning that was done, each set of options is its own object (its own,
+reproducible SOP Instance UID), a damaged recording is refused, not a server error, and at
+most two exports run at once."""
 
 from __future__ import annotations
 
@@ -13,11 +16,12 @@ import pytest
 from pydicom import dcmread
 from sqlalchemy import select
 
+from cloud.deidentify import UidRemapper, export_key
 from cloud.models import AuditEvent
 from imaging_cloud.node import Node
 from imaging_cloud.synthetic import to_part10
 from tests.support.servers import PASSWORD, client
-from tests.support.video import video_dataset
+from tests.support.video import make_mp4, video_dataset
 from tests.unit.test_video_deid import (
     OVERLAY,
     dominant_hz,
@@ -26,6 +30,7 @@ from tests.unit.test_video_deid import (
     make_face_video,
     overlap,
 )
+from viewer_api import video_export_api
 from viewer_api.video_api import mp4_bytes
 
 pytestmark = pytest.mark.needs_ffmpeg
@@ -34,13 +39,13 @@ PATIENT = "P-TEACH-42"
 NAME = "Zhang^San"
 
 
-def _store(node: Node, tmp_path: Path) -> tuple[str, str, Path]:
+def _store(node: Node, tmp_path: Path, clip: Path | None = None) -> tuple[str, str, Path]:
     archive = node.archive
     archive.hospitals.add_hospital("XA", "徐州市中心医院")
     archive.hospitals.add_hospital("XB", "徐州医科大学附属医院")
     owner = archive.hospitals.by_id("XA")
     assert owner is not None
-    clip = make_face_video(tmp_path / "face.mp4")
+    clip = clip or make_face_video(tmp_path / "face.mp4")
     ds = video_dataset(
         clip, patient_id=PATIENT, hospital="徐州市中心医院", procedure="腹腔镜胆囊切除术",
         surgeon="Li^Si", operation_start="2026-01-05T09:00:00",
@@ -104,9 +109,12 @@ def test_teaching_export_is_de_identified_and_leaves_the_original(
     assert out.file_meta.MediaStorageSOPInstanceUID == out.SOPInstanceUID
     assert out.PatientIdentityRemoved == "YES"
     codes = {item.CodeValue for item in out.DeidentificationMethodCodeSequence}
-    assert {"113100", "113101"} <= codes
+    assert {"113100", "113101", "113102"} <= codes  # basic profile, clean pixels, faces
     assert any("audio removed" in m for m in out.DeidentificationMethod)
     assert out.BurnedInAnnotation == "NO" and out.RecognizableVisualFeatures == "NO"
+    assert list(out.ImageType)[:2] == ["DERIVED", "PRIMARY"]
+    assert "faces blurred" in out.DerivationDescription
+    assert "burned-in text regions blacked out" in out.DerivationDescription
     assert "PerformingPhysicianName" not in out and "InstitutionName" not in out
     assert (out.Rows, out.Columns) == (240, 320)
     # DCMTK reads it too
@@ -132,7 +140,12 @@ def test_teaching_export_is_de_identified_and_leaves_the_original(
     second = dcmread(io.BytesIO(disguised.content))
     assert second.PatientID == out.PatientID  # same project: same pseudonym
     assert second.StudyInstanceUID == out.StudyInstanceUID
-    assert any("voice disguised" in m for m in second.DeidentificationMethod)
+    assert second.SeriesInstanceUID == out.SeriesInstanceUID
+    assert any(
+        "pitch-shifted (reversible" in m and "not de-identified" in m
+        for m in second.DeidentificationMethod
+    )
+    assert not any("disguis" in m for m in second.DeidentificationMethod)
     voiced = tmp_path / "voiced.mp4"
     voiced.write_bytes(mp4_bytes(second))
     assert dominant_hz(clip) == pytest.approx(440, abs=5)
@@ -153,6 +166,79 @@ def test_teaching_export_is_de_identified_and_leaves_the_original(
     assert (first["audio"], last["audio"]) == ("remove", "disguise")
     assert last["text_regions"] == [[0.0, 0.0, 0.25, 0.1]] and first["blur_faces"] is True
     assert all(e.study_instance_uid == study and e.patient_id == PATIENT for e in allowed)
+
+
+def test_each_option_set_is_its_own_object_and_claims_only_what_was_done(
+    node: Node, tmp_path: Path
+) -> None:
+    study, sop, _ = _store(node, tmp_path)
+    series = node.archive.locate(study)[0].series_instance_uid
+    url = f"/api/videos/{sop}/teaching-export"
+    untouched = {"project": "uids", "blurFaces": False, "detectText": False}
+    with client(node, "rad.xa") as radiologist:
+        first, again = (radiologist.post(url, json=untouched, timeout=120) for _ in range(2))
+        cleaned = radiologist.post(url, json={"project": "uids"}, timeout=120)
+    assert first.status_code == again.status_code == cleaned.status_code == 200, first.text
+    plain, repeat, full = (dcmread(io.BytesIO(a.content)) for a in (first, again, cleaned))
+
+    # the same options give the same object again; other options another object; neither is
+    # the plain study export's instance, while study and series match that export
+    remapper = UidRemapper(export_key(node.settings.data_dir, "uids"))
+    assert plain.SOPInstanceUID == repeat.SOPInstanceUID
+    assert plain.SOPInstanceUID != full.SOPInstanceUID
+    assert remapper.remap(sop) not in {plain.SOPInstanceUID, full.SOPInstanceUID}
+    assert plain.SOPInstanceUID.startswith("2.25.")
+    assert plain.file_meta.MediaStorageSOPInstanceUID == plain.SOPInstanceUID
+    for ds in (plain, full):
+        assert ds.StudyInstanceUID == remapper.remap(study)
+        assert ds.SeriesInstanceUID == remapper.remap(series)
+
+    # nothing was looked for: no claim of clean pixels or of hidden faces
+    codes = {item.CodeValue for item in plain.DeidentificationMethodCodeSequence}
+    assert "113100" in codes and not codes & {"113101", "113102"}
+    assert "BurnedInAnnotation" not in plain
+    assert plain.RecognizableVisualFeatures == "YES"
+    assert not any("Clean" in m for m in plain.DeidentificationMethod)
+    assert full.BurnedInAnnotation == "NO" and full.RecognizableVisualFeatures == "NO"
+
+
+def test_a_damaged_recording_is_refused_not_a_server_error(node: Node, tmp_path: Path) -> None:
+    clip = make_mp4(tmp_path / "ok.mp4", seconds=1.0, size=(320, 240), audio=False)
+    data = bytearray(clip.read_bytes())
+    start = data.find(b"mdat") + 8
+    for offset in range(start, len(data) - 40, 50):  # garbage NAL units all through the stream
+        data[offset : offset + 20] = b"\x00\x00\x01" + b"\xff" * 17
+    damaged = tmp_path / "damaged.mp4"
+    damaged.write_bytes(bytes(data))
+    _, sop, _ = _store(node, tmp_path, clip=damaged)
+
+    with client(node, "rad.xa") as radiologist:
+        answer = radiologist.post(
+            f"/api/videos/{sop}/teaching-export", json={"project": "p"}, timeout=120
+        )
+    assert answer.status_code in (400, 422), answer.text
+    assert answer.headers["content-type"].startswith("application/problem+json")
+    assert "cannot be de-identified" in answer.json()["detail"]
+
+
+def test_a_third_export_at_once_is_told_to_come_back(node: Node, tmp_path: Path) -> None:
+    _, sop, _ = _store(node, tmp_path, clip=make_mp4(tmp_path / "c.mp4", seconds=1.0))
+    slots = video_export_api._slots
+    for _ in range(video_export_api.EXPORT_SLOTS):  # two exports running
+        assert slots.acquire(blocking=False)
+    try:
+        with client(node, "rad.xa") as radiologist:
+            busy = radiologist.post(f"/api/videos/{sop}/teaching-export", json={"project": "p"})
+    finally:
+        for _ in range(video_export_api.EXPORT_SLOTS):
+            slots.release()
+    assert busy.status_code == 503
+    assert int(busy.headers["retry-after"]) > 0
+    with client(node, "rad.xa") as radiologist:
+        done = radiologist.post(
+            f"/api/videos/{sop}/teaching-export", json={"project": "p"}, timeout=120
+        )
+    assert done.status_code == 200, done.text
 
 
 def test_an_unknown_video_is_404(node: Node) -> None:

@@ -140,6 +140,7 @@ def test_a_configured_region_is_uniform_in_the_output(face_clip: Path, tmp_path:
     )
     assert report.text_regions_configured == [(160, 0, 320, 60)]
     assert report.text_detection == "off"
+    assert report.text_cleaned  # the caller named where the text is
     for frame in frames_of(out)[::10]:
         region = frame[4:56, 164:316]
         assert float(region.std()) < 3 and region.max() < 40
@@ -167,3 +168,33 @@ def test_bad_arguments_are_refused(face_clip: Path, tmp_path: Path) -> None:
         deidentify_mp4(face_clip, tmp_path / "x.mp4", text_regions=[(0.5, 0.5, 0.2, 0.9)])
     with pytest.raises(VideoError):
         deidentify_mp4(face_clip, tmp_path / "x.mp4", audio="shout")  # type: ignore[arg-type]
+
+
+def test_text_cleaning_is_claimed_only_when_it_could_run(face_clip: Path, tmp_path: Path) -> None:
+    """A changing scene with detection, or named regions: cleaned. A picture that never
+    changes (an overlay cannot be told from the scene), or no detection and no regions: not."""
+    from tests.support.video import make_mp4
+
+    panning = deidentify_mp4(face_clip, tmp_path / "a.mp4", blur_faces=False)
+    assert panning.text_detection == "done" and panning.text_cleaned
+    assert panning.as_dict()["text_cleaned"] is True
+    off = deidentify_mp4(face_clip, tmp_path / "b.mp4", blur_faces=False, detect_text=False)
+    assert not off.text_cleaned
+    still = make_mp4(tmp_path / "still.mp4", seconds=1.0, size=SIZE, colour="red", audio=False)
+    static = deidentify_mp4(still, tmp_path / "c.mp4", blur_faces=False)
+    assert static.text_detection.startswith("scene static") and not static.text_cleaned
+
+
+def test_a_damaged_stream_is_a_video_error(tmp_path: Path) -> None:
+    """PyAV's decoding errors on a broken stream are the input's fault, never a crash."""
+    from tests.support.video import make_mp4
+
+    data = bytearray(make_mp4(tmp_path / "ok.mp4", seconds=1.0, size=SIZE).read_bytes())
+    start = data.find(b"mdat") + 8
+    for offset in range(start, len(data) - 40, 50):
+        data[offset : offset + 20] = b"\x00\x00\x01" + b"\xff" * 17
+    damaged = tmp_path / "damaged.mp4"
+    damaged.write_bytes(bytes(data))
+    assert probe(damaged).video_codec == "h264"  # the headers still look fine
+    with pytest.raises(VideoError, match="cannot be decoded"):
+        deidentify_mp4(damaged, tmp_path / "out.mp4", blur_faces=False)

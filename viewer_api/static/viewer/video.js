@@ -204,10 +204,11 @@ export class VideoMode {
     this.tip = element("div", "timeline-tip");
     this.tip.hidden = true;
     this.timeline.append(this.phaseRow, this.stepRow, this.cursor, this.tip);
-    const legend = element("div", "timeline-legend", "Upper row: phases 阶段 · lower row: steps 步骤 · click to seek 点击跳转");
-    stage.append(this.video, controls, this.timeline, legend);
+    this.legend = element("div", "timeline-legend", "Upper row: phases 阶段 · lower row: steps 步骤 · click to seek 点击跳转");
+    stage.append(this.video, controls, this.timeline, this.legend);
 
     const side = element("aside", "video-side");
+    this.side = side;
     side.append(element("h3", "", "Annotations 标注"));
     this.list = element("ol", "annotation-list");
     this.list.id = "annotation-list";
@@ -289,6 +290,7 @@ export class VideoMode {
     this.container.hidden = false;
     this.title.textContent = "Loading… 加载中";
     this.annotations = [];
+    this.showAnnotations(true);
     this.drawAnnotations();
     const detail = call("GET", `/api/videos/${enc(sop)}`).catch((err) => err);
     const permissions = this.mayAnnotate === null ? call("GET", "/api/auth/me").catch(() => null) : null;
@@ -306,6 +308,7 @@ export class VideoMode {
       this.summary = found.video || null;
       this.showTitlePage(found.titlePage || {}, found.video || {});
       this.annotations = found.annotations || [];
+      this.showAnnotations(found.annotationsVisible !== false);
       this.drawAnnotations();
     }
     if (permissions) {
@@ -367,6 +370,7 @@ export class VideoMode {
       ["Diagnosis 诊断", page.diagnosis ?? video.diagnosis],
       ["Date 日期", formatDay(page.operationDate ?? video.operationDate)],
       ["Duration 时长", minutes !== null && minutes !== undefined ? `${minutes} min 分钟` : ""],
+      ["Notes 备注", page.notes],
     ];
     for (const [label, value] of items) {
       if (value === null || value === undefined || value === "") continue;
@@ -616,11 +620,26 @@ export class VideoMode {
   async reloadAnnotations(fallback) {
     try {
       const answer = await call("GET", `/api/videos/${enc(this.sop)}/annotations`);
-      this.annotations = Array.isArray(answer) ? answer : answer.annotations || [];
-    } catch (_) {
+      this.annotations = answer.annotations || [];
+    } catch (err) {
+      if (err.status === 403) {
+        // Annotations are professional evaluation, not for every viewer: no timeline, no error.
+        this.annotations = [];
+        this.showAnnotations(false);
+        return;
+      }
       if (fallback) this.annotations.push(fallback);
     }
     this.drawAnnotations();
+  }
+
+  /** Show or hide everything about annotations (timeline, legend, list and form): a viewer
+   * without `view_video_annotations` (a patient, a share link) watches the video alone. */
+  showAnnotations(visible) {
+    this.annotationsVisible = visible;
+    this.timeline.hidden = !visible;
+    this.legend.hidden = !visible;
+    this.side.hidden = !visible;
   }
 
   async toggleRecording(button) {
