@@ -261,22 +261,22 @@ class AccessPolicy:
 # What readers without PHI see in place of patient identity (audit log, viewing records).
 REDACTED = "(redacted)"
 
-_REVIEW_STUDIES = (
-    select(SurgicalVideo.study_instance_uid)
-    .join(ReviewTaskVideo, ReviewTaskVideo.video_pk == SurgicalVideo.pk)
-    .join(ReviewTask, ReviewTask.pk == ReviewTaskVideo.task_pk)
-    .join(ReviewAssignment, ReviewAssignment.task_pk == ReviewTask.pk)
-    .where(ReviewAssignment.reviewer == bindparam("reviewer"), ReviewTask.status == "open")
-    .distinct()
-)
 
-_REVIEW_INSTANCES = (
-    select(SurgicalVideo.series_instance_uid, SurgicalVideo.sop_instance_uid)
-    .join(ReviewTaskVideo, ReviewTaskVideo.video_pk == SurgicalVideo.pk)
-    .join(ReviewTask, ReviewTask.pk == ReviewTaskVideo.task_pk)
-    .join(ReviewAssignment, ReviewAssignment.task_pk == ReviewTask.pk)
-    .where(ReviewAssignment.reviewer == bindparam("reviewer"), ReviewTask.status == "open")
-    .distinct()
+def _open_review_videos(*columns: Any) -> Any:
+    """``columns`` of the videos in the open review tasks assigned to ``:reviewer``."""
+    return (
+        select(*columns)
+        .join(ReviewTaskVideo, ReviewTaskVideo.video_pk == SurgicalVideo.pk)
+        .join(ReviewTask, ReviewTask.pk == ReviewTaskVideo.task_pk)
+        .join(ReviewAssignment, ReviewAssignment.task_pk == ReviewTask.pk)
+        .where(ReviewAssignment.reviewer == bindparam("reviewer"), ReviewTask.status == "open")
+        .distinct()
+    )
+
+
+_REVIEW_STUDIES = _open_review_videos(SurgicalVideo.study_instance_uid)
+_REVIEW_INSTANCES = _open_review_videos(
+    SurgicalVideo.series_instance_uid, SurgicalVideo.sop_instance_uid
 )
 
 
