@@ -215,6 +215,7 @@ def _cloud_instances(cloud: Cloud, study: str) -> list[dict[str, object]]:
     return [] if response.status_code == 204 else list(response.json())
 
 
+@pytest.mark.slow  # heavy: CI runs it, the quick local run leaves it out
 def test_kill_9_and_cloud_outage_lose_nothing_and_duplicate_nothing(
     system: tuple[Cloud, GatewayProcess, Path], series: list[Path], tmp_path: Path
 ) -> None:

@@ -314,6 +314,7 @@ def cli(tmp_path: Path, database_url: str, *args: str) -> subprocess.CompletedPr
     return subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
 
 
+@pytest.mark.slow  # heavy: CI runs it, the quick local run leaves it out
 def test_the_audit_command_verifies_searches_and_exports(
     archive: Archive, tmp_path: Path, database_url: str
 ) -> None:

@@ -37,6 +37,7 @@ def _fuzz(operation: Any, headers: dict[str, str]) -> None:
     run()
 
 
+@pytest.mark.slow  # heavy: CI runs it, the quick local run leaves it out
 def test_no_generated_request_is_a_server_error(tmp_path: Any) -> None:
     with running_node(tmp_path / "node") as node:
         for ds in ct_series(StudySpec(), slices=2, size=16):

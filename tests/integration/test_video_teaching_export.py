@@ -78,6 +78,7 @@ def _audited(node: Node, action: str) -> list[AuditEvent]:
         )
 
 
+@pytest.mark.slow  # heavy: CI runs it, the quick local run leaves it out
 def test_teaching_export_is_de_identified_and_leaves_the_original(
     node: Node, tmp_path: Path
 ) -> None:
@@ -168,6 +169,7 @@ def test_teaching_export_is_de_identified_and_leaves_the_original(
     assert all(e.study_instance_uid == study and e.patient_id == PATIENT for e in allowed)
 
 
+@pytest.mark.slow  # heavy: CI runs it, the quick local run leaves it out
 def test_each_option_set_is_its_own_object_and_claims_only_what_was_done(
     node: Node, tmp_path: Path
 ) -> None:

@@ -370,6 +370,7 @@ def _readable_samples(root: Path) -> Iterator[tuple[Path, Dataset]]:
             continue
 
 
+@pytest.mark.slow  # heavy: CI runs it, the quick local run leaves it out
 @pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom on the malformed samples
 def test_every_readable_sample(profile) -> None:
     root = require_samples()
