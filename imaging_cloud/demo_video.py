@@ -3,9 +3,9 @@
 FFmpeg (Debian) makes a 12-second 1080p25 H.264/AAC recording of its ``testsrc2`` pattern with
 a tone; the video intake the gateway's watched folder uses (probe, conformance report, wrap
 without re-encoding) turns it into a DICOM Video Photographic object, which the demo gateway
-spools and forwards to the cloud like any study. Two
-phases and a key step are annotated, and a review task gives ``demo.expert`` something to
-score at ``/video-review/``. Without FFmpeg the demo simply has no video.
+spools and forwards to the cloud like any study. Two phases and a key step are annotated, and
+a review task gives ``demo.expert`` something to score at ``/video-review/``. A demo started
+again on the same data directory keeps the video it has; without FFmpeg there is none.
 """
 
 from __future__ import annotations
@@ -16,8 +16,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from sqlalchemy import select
+
 from cloud.access import AccessPolicy
 from cloud.archive import Archive
+from cloud.models import SurgicalVideo
 from cloud.video_annotations import AnnotationFields, VideoAnnotations
 from cloud.video_review import TaskSpec, VideoReviews
 from collectors.video_intake import prepare
@@ -75,6 +78,15 @@ def load_demo_video(archive: Archive, gateway: Gateway) -> tuple[str, str] | Non
     """Record, wrap (through the gateway), annotate and put in review one surgical video.
 
     Returns (study UID, label) for the demo's listing, or None without FFmpeg."""
+    label = f"surgical video, 12 s 1080p H.264/AAC ({DEMO_HOSPITAL}), annotated, in review"
+    with archive.sessions() as session:
+        held = session.scalar(
+            select(SurgicalVideo.study_instance_uid).where(
+                SurgicalVideo.patient_id == SIDECAR["patient_id"]
+            )
+        )
+    if held is not None:
+        return held, label
     if shutil.which("ffmpeg") is None:
         return None
     with tempfile.TemporaryDirectory(prefix="demo-video-") as tmp:
@@ -105,5 +117,4 @@ def load_demo_video(archive: Archive, gateway: Gateway) -> tuple[str, str] | Non
         reviewers=[EXPERT],
     )
     reviews.create_task(AccessPolicy.for_user(admin), task)
-    label = f"surgical video, 12 s 1080p H.264/AAC ({DEMO_HOSPITAL}), annotated, in review"
     return str(prepared.header.StudyInstanceUID), label

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -27,8 +28,13 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    with _running_demo(tmp_path_factory.mktemp("demo")) as running:
+        yield running
+
+
+@contextmanager
+def _running_demo(data_dir: Path) -> Iterator[tuple[str, str]]:
     http_port, dicom_port, gateway_port = free_ports(3)
-    data_dir = tmp_path_factory.mktemp("demo")
     env = {**os.environ, "IMAGING_CLOUD_SAMPLES": str(data_dir / "no-samples")}
     command = [
         sys.executable, "-m", "imaging_cloud.cli", "demo", "--data-dir", str(data_dir),
@@ -94,3 +100,14 @@ def test_the_demo_has_its_studies_and_an_annotated_video_in_review(demo: tuple[s
     tasks = httpx.get(f"{base}/api/video-reviews/tasks", headers=expert, timeout=30).json()
     assert len(tasks["tasks"]) == 1
     assert "demo.expert" in text and "/video-review/" in text
+
+
+def test_a_demo_started_again_keeps_its_video(tmp_path: Path) -> None:
+    """The same data directory twice: one surgical video, one review task, not two of each."""
+    for _ in range(2):
+        with _running_demo(tmp_path / "data") as (base, _text):
+            admin = {"Authorization": f"Bearer {_token(base, 'demo.admin')}"}
+            videos = httpx.get(f"{base}/api/videos", headers=admin, timeout=30).json()
+            tasks = httpx.get(f"{base}/api/video-reviews/tasks", headers=admin, timeout=30)
+    assert videos["total"] == 1
+    assert len(tasks.json()["tasks"]) == 1
