@@ -32,6 +32,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from cloud.blobstore import BlobStore
+from cloud.database import as_utc
 from cloud.errors import ArchiveError, InstanceNotFoundError
 from cloud.models import Hospital, SurgicalVideo, VideoAnnotation
 
@@ -79,12 +80,12 @@ _VOICE_NOTE_BLOBS = threading.Lock()
 
 def version_of(updated_at: datetime) -> str:
     """The annotation's version: its last change in microseconds since the epoch."""
-    return str((_aware(updated_at) - _EPOCH) // _TICK)
+    return str((as_utc(updated_at) - _EPOCH) // _TICK)
 
 
 def _next_moment(previous: datetime) -> datetime:
     """Now, or just after ``previous``: two changes in one microsecond still differ."""
-    return max(datetime.now(UTC), _aware(previous) + _TICK)
+    return max(datetime.now(UTC), as_utc(previous) + _TICK)
 
 
 @dataclass(frozen=True)
@@ -211,15 +212,10 @@ def annotation_json(row: VideoAnnotation, sop_instance_uid: str) -> dict[str, An
         "note": row.note,
         "voiceNoteUrl": voice,
         "author": row.author,
-        "createdAt": _aware(row.created_at).isoformat(),
-        "updatedAt": _aware(row.updated_at).isoformat(),
+        "createdAt": as_utc(row.created_at).isoformat(),
+        "updatedAt": as_utc(row.updated_at).isoformat(),
         "version": version_of(row.updated_at),
     }
-
-
-def _aware(moment: datetime) -> datetime:
-    """SQLite gives naive datetimes back; they were stored as UTC."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 class VideoAnnotations:

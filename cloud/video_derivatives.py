@@ -27,7 +27,6 @@ an `SdMaker` that writes the SD Part-10 file (`imaging_cloud.video_processing_cl
 
 from __future__ import annotations
 
-import io
 import logging
 import tempfile
 from collections.abc import Callable
@@ -37,7 +36,6 @@ from pathlib import Path
 from typing import Protocol
 
 from pydicom.dataset import Dataset
-from pydicom.filewriter import dcmwrite
 from pydicom.sequence import Sequence
 from pydicom.uid import UID, generate_uid
 from sqlalchemy import delete, func, select, update
@@ -222,12 +220,6 @@ def derive_sd_header(sd: Dataset, original: Dataset, after_days: int) -> Dataset
     sd.InstanceCreationDate = now.strftime("%Y%m%d")
     sd.InstanceCreationTime = now.strftime("%H%M%S")
     return sd
-
-
-def part10(ds: Dataset) -> bytes:
-    buffer = io.BytesIO()
-    dcmwrite(buffer, ds, enforce_file_format=True)
-    return buffer.getvalue()
 
 
 def _held(session: Session, study_instance_uid: str) -> bool:

@@ -30,6 +30,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from cloud.access import AccessDeniedError, AccessPolicy, Principal
+from cloud.database import as_utc
 from cloud.errors import ArchiveError, InstanceNotFoundError
 from cloud.identity import UserDirectory
 from cloud.models import (
@@ -77,10 +78,7 @@ def _number(value: float) -> float | int:
 
 
 def _aware(moment: datetime | None) -> datetime | None:
-    """SQLite gives back naive datetimes for timezone-aware columns; they were stored as UTC."""
-    if moment is None or moment.tzinfo is not None:
-        return moment
-    return moment.replace(tzinfo=UTC)
+    return None if moment is None else as_utc(moment)
 
 
 def iso(moment: datetime | None) -> str | None:

@@ -21,6 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from cloud.access import REDACTED, AccessDeniedError, AccessPolicy, Principal
+from cloud.database import as_utc
 from cloud.errors import InstanceNotFoundError
 from cloud.models import Hospital, ReviewTaskVideo, SurgicalVideo
 from cloud.models import VideoViewing as ViewingRow
@@ -46,10 +47,6 @@ class StartedViewing:
     study_instance_uid: str
     patient_id: str
     task_id: int | None
-
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def organisation_of(session: Session, who: Principal) -> str:
@@ -134,7 +131,7 @@ class VideoViewings:
             session.commit()
             return StartedViewing(
                 row.viewing_id,
-                _aware(row.started_at),
+                as_utc(row.started_at),
                 video.study_instance_uid,
                 owner.patient_id,
                 task_id,
@@ -178,7 +175,7 @@ class VideoViewings:
                 ended = datetime.now(UTC)
                 row.ended_at = ended
                 row.duration_s = round(
-                    max(0.0, (ended - _aware(row.started_at)).total_seconds()), 3
+                    max(0.0, (ended - as_utc(row.started_at)).total_seconds()), 3
                 )
                 session.commit()
             return float(row.duration_s)
